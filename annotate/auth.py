@@ -1,0 +1,134 @@
+"""Accounts, roles and sessions.
+
+Passwords are hashed with Argon2id (argon2-cffi); only a SHA-256 of each session token is stored,
+so a copy of the database cannot be used to impersonate anyone. Every privileged action calls
+``require_role`` on the server side: hiding a button is never the access control.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from annotate.store import ROLES, Store, StoreError
+
+SESSION_HOURS = 12  # a working day; after that, sign in again
+MIN_PASSWORD_LENGTH = 8
+SIGN_IN_ATTEMPTS = 5  # per name and per client within SIGN_IN_WINDOW_S
+SIGN_IN_WINDOW_S = 60
+
+_hasher = PasswordHasher()
+
+
+class AuthError(StoreError):
+    """Sign-in failed or a role is missing; the message is safe to show."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def validate_name(name: str) -> str:
+    name = (name or "").strip()
+    if not (1 <= len(name) <= 64) or not all(c.isalnum() or c in "._-@" for c in name):
+        raise AuthError("user names are 1-64 letters, digits or . _ - @")
+    return name
+
+
+def create_user(store: Store, name: str, password: str, role: str = "annotator") -> int:
+    name = validate_name(name)
+    if role not in ROLES:
+        raise AuthError(f"role must be one of {', '.join(ROLES)}")
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+    return store.add_annotator(name, role, hash_password(password))
+
+
+class _RateLimiter:
+    """Sliding-window count of failed sign-ins, per key, in this process."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s = limit, window_s
+        self._events: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str) -> bool:
+        with self._lock:
+            events = self._events[key]
+            cutoff = time.monotonic() - self.window_s
+            while events and events[0] < cutoff:
+                events.popleft()
+            return len(events) >= self.limit
+
+    def record(self, key: str) -> None:
+        with self._lock:
+            self._events[key].append(time.monotonic())
+
+    def reset(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+
+sign_in_limiter = _RateLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_S)
+
+
+def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[str, dict]:
+    """Check a password; returns (session token, annotator row). Failures say nothing specific."""
+    keys = [f"name:{(name or '').strip().lower()}"] + ([f"client:{client}"] if client else [])
+    if any(sign_in_limiter.blocked(k) for k in keys):
+        raise AuthError(f"too many failed sign-ins; wait {SIGN_IN_WINDOW_S} seconds and try again")
+    user = store.annotator_by_name((name or "").strip())
+    ok = False
+    if user and user["active"] and user["password_hash"]:
+        try:
+            ok = _hasher.verify(user["password_hash"], password or "")
+        except (VerificationError, InvalidHashError):
+            ok = False
+    if not ok:
+        for key in keys:
+            sign_in_limiter.record(key)
+        raise AuthError("wrong name or password")
+    if _hasher.check_needs_rehash(user["password_hash"]):
+        store.set_password_hash(user["id"], hash_password(password))
+    token = secrets.token_urlsafe(32)
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=SESSION_HOURS)
+    store.create_session(_token_hash(token), user["id"], expires.isoformat(timespec="milliseconds"))
+    return token, _public(user)
+
+
+def sign_out(store: Store, token: str | None) -> None:
+    if token:
+        store.delete_session(_token_hash(token))
+
+
+def current_user(store: Store, token: str | None) -> dict | None:
+    """The signed-in annotator for a session token, or None when absent, expired or disabled."""
+    if not token:
+        return None
+    user = store.session_annotator(_token_hash(token))
+    return _public(user) if user else None
+
+
+def require_role(store: Store, token: str | None, role: str = "annotator") -> dict:
+    """The signed-in user, if they hold ``role`` (maintainers hold every role); else AuthError."""
+    user = current_user(store, token)
+    if user is None:
+        raise AuthError("please sign in (your session may have expired)")
+    if role == "maintainer" and user["role"] != "maintainer":
+        raise AuthError("only maintainers can do that")
+    return user
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _public(user: dict) -> dict:
+    return {k: user[k] for k in ("id", "name", "role")}
