@@ -56,6 +56,213 @@ _register_commands()
 
 
 # == serve and users (annotate/ui.py, annotate/auth.py) =====================================
+OPTIONAL_TABS = (  # (label, module, builder); each owner re-checks roles in its own handlers
+    ("Train", "train.ui", "build_train_tab", "maintainer"),
+    ("Evaluate", "evaluate.ui", "build_evaluate_tab", "maintainer"),
+    ("Demo", "evaluate.ui", "build_demo_tab", "annotator"),
+)
+
+
+def _optional_tab(store, token_state, module_name: str, builder_name: str) -> None:
+    """Build another package's tab, or say plainly why it is missing (it may not be written yet)."""
+    import importlib
+
+    import gradio as gr
+
+    try:
+        builder = getattr(importlib.import_module(module_name), builder_name)
+    except (ImportError, AttributeError) as error:
+        gr.Markdown(f"*This tab is not available in this installation: {error}.*")
+        return
+    builder(store, token_state)
+
+
+def build_app(store):
+    """The whole app: a sign-in page, then tabs by role. Nothing here launches a server.
+
+    Example: build_app(Store()).launch(**annotate.ui.launch_options())
+    """
+    import gradio as gr
+
+    from annotate import auth, ui
+
+    with gr.Blocks(title="prefloop") as demo:
+        # BrowserState: a reload keeps you signed in (the token is encrypted in localStorage with
+        # a per-process secret, so a server restart signs everyone out; sessions expire anyway)
+        token_state = gr.BrowserState(None, storage_key="prefloop-session")
+        signin_column, name, password, signin_button, signin_message = ui.build_sign_in(store)
+        with gr.Column(visible=False, elem_id="pf-main") as main_column:
+            with gr.Row(equal_height=True):
+                gr.Markdown("### prefloop: which response is better?")
+                signout_button = gr.Button(
+                    "Sign out", size="sm", variant="secondary", scale=0, min_width=100,
+                    elem_id="pf-signout",
+                )
+            with gr.Tabs():
+                with gr.Tab("Annotate", id="annotate"):
+                    annotate = ui.build_annotate_tab(store, token_state)
+                tabs = {}
+                for label, module_name, builder_name, _ in OPTIONAL_TABS:
+                    with gr.Tab(label, id=label.lower(), visible=False) as tabs[label.lower()]:
+                        _optional_tab(store, token_state, module_name, builder_name)
+
+        shell = [signin_column, main_column, *tabs.values()]
+
+        def shell_for(user) -> list:
+            show = ui.visible_tabs(user)
+            return [
+                gr.Column(visible=user is None),
+                gr.Column(visible=user is not None),
+                *(gr.Tab(visible=show[key]) for key in tabs),
+            ]
+
+        def restore(token):
+            return shell_for(auth.current_user(store, token))
+
+        def do_sign_in(name_value, password_value, request: gr.Request):
+            client = request.client.host if request is not None and request.client else ""
+            token, message = ui.sign_in(store, name_value, password_value, client)
+            user = auth.current_user(store, token)
+            return [token if token else gr.update(), "", message, *shell_for(user)]
+
+        # app.py postpones annotations and imports gradio lazily: give Gradio the real class
+        do_sign_in.__annotations__["request"] = gr.Request
+
+        def do_sign_out(token):
+            _, message = ui.sign_out(store, token)
+            return [None, message, *shell_for(None)]
+
+        def load_if_signed_in(token):
+            if auth.current_user(store, token) is None:
+                return [gr.update()] * len(annotate["outputs"])
+            return annotate["load"](token)
+
+        sign_in_outputs = [token_state, password, signin_message, *shell]
+        for trigger in (signin_button.click, password.submit):
+            trigger(do_sign_in, [name, password], sign_in_outputs).then(
+                load_if_signed_in, [token_state], annotate["outputs"]
+            )
+        signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell])
+        demo.load(restore, [token_state], shell).then(
+            load_if_signed_in, [token_state], annotate["outputs"]
+        )
+    return demo
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=7860, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--no-sampler", is_flag=True, help="Do not start the background queue filler (tests, demos)."
+)
+def serve(host: str, port: int, no_sampler: bool) -> None:
+    """Serve the app: sign in, annotate, and (maintainers) train and evaluate.
+
+    A background sampler keeps a queue of ready pairs from the active version, so annotators
+    never wait for generation. Use --host 0.0.0.0 to serve other machines on your network.
+
+    Example: prefloop serve --host 127.0.0.1 --port 7860
+    """
+    from annotate import ui
+    from annotate.store import Store
+
+    store = Store()
+    try:
+        from annotate.cli import describe_initialisation, ensure_initialised
+    except ImportError:
+        ensure_initialised = None
+    if ensure_initialised is not None:
+        for line in describe_initialisation(ensure_initialised(store, echo=click.echo)):
+            click.echo(line)
+    filler = None
+    if not no_sampler:
+        try:
+            from annotate.sampler import QueueFiller
+        except ImportError:
+            click.echo("note: annotate.sampler is missing; pairs come only from `prefloop` commands")
+        else:
+            filler = QueueFiller(store)
+            filler.start()
+    if store.count_maintainers() == 0:
+        click.echo("note: no maintainer yet; add one: prefloop users add NAME --role maintainer")
+    try:
+        build_app(store).launch(
+            server_name=host, server_port=port, show_error=False, **ui.launch_options()
+        )
+    finally:
+        if filler is not None:
+            filler.stop()
+
+
+@cli.group()
+def users() -> None:
+    """Accounts that can sign in: annotators and maintainers.
+
+    Example: prefloop users add alice --role annotator
+    """
+
+
+@users.command("add")
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["annotator", "maintainer"]), default="annotator",
+    show_default=True, help="Maintainers can also train, evaluate and promote.",
+)
+@click.option(
+    "--password-env", metavar="VAR",
+    help="Read the password from this environment variable (for scripts); else you are asked.",
+)
+def users_add(name: str, role: str, password_env: str | None) -> None:
+    """Add a user. The password is asked twice (hidden) or read from --password-env.
+
+    Example: PF_PW=... prefloop users add alice --role annotator --password-env PF_PW
+    """
+    import os
+
+    from annotate import auth
+    from annotate.store import Store
+
+    if password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            raise click.ClickException(f"environment variable {password_env} is not set or empty")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        raise click.ClickException("no terminal to ask for a password: use --password-env VAR")
+    user_id = auth.create_user(Store(), name, password, role)
+    click.echo(f"added {role} {name.strip()} (id {user_id})")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users with role, status and last sign-in.
+
+    Example: prefloop users list
+    """
+    from annotate.store import Store
+
+    rows = Store().list_annotators()
+    if not rows:
+        click.echo("no users yet: prefloop users add NAME --role maintainer")
+        return
+    click.echo(f"{'name':<24} {'role':<11} {'status':<9} last sign-in")
+    for row in rows:
+        status = "active" if row["active"] else "disabled"
+        click.echo(f"{row['name']:<24} {row['role']:<11} {status:<9} {row['last_login_at'] or '-'}")
+
+
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable a user: their sessions end now and they cannot sign in; their votes are kept.
+
+    Example: prefloop users disable alice
+    """
+    from annotate.store import Store
+
+    Store().set_annotator_active(name, False)
+    click.echo(f"disabled {name}")
 
 
 if __name__ == "__main__":

@@ -930,6 +930,54 @@ class Store:
         rows = self.rows("select choice, count(*) as n from judgments group by choice")
         return {r["choice"]: r["n"] for r in rows}
 
+    # -- evaluate --
+    def generation_texts(self, split: str | None = "heldout", version: str | None = None) -> list[dict]:
+        """Generations with their version name and prompt split, for per-version text stats."""
+        where, params = ["1 = 1"], []
+        if split:
+            where.append("p.split = ?")
+            params.append(split)
+        if version:
+            where.append("v.name = ?")
+            params.append(version)
+        return self.rows(
+            "select g.id, g.prompt_id, g.text, g.completion_tokens, g.finish_reason, "
+            "v.name as version, v.id as version_id, p.split from generations g "
+            "join model_versions v on v.id = g.version_id join prompts p on p.id = g.prompt_id "
+            f"where {' and '.join(where)} order by v.id, g.id",
+            params,
+        )
+
+    # -- training --
+    def latest_judgment_id(self) -> int:
+        """The highest judgment id so far (0 when none): a watermark for "new since a round"."""
+        return self.scalar("select coalesce(max(id), 0) from judgments")
+
+    def count_judgments_since(self, judgment_id: int) -> int:
+        return self.scalar("select count(*) from judgments where id > ?", [judgment_id])
+
+    # -- sampling --
+    def prompt_id_for_text(self, text: str, source: str, split: str = "train") -> int:
+        """The id of a plain-text prompt, inserting it first if new (live prompts)."""
+        self.add_prompts([{"text": text, "source": source, "split": split}])
+        return self.scalar(
+            "select id from prompts where content_hash = ?", [content_hash(text)]
+        )
+
+    def prompts_for_battle(self, version_a_id: int, version_b_id: int, split: str, limit: int) -> list[dict]:
+        """Prompts of a split with the fewest arena pairs between these two versions yet."""
+        rows = self.rows(
+            "select p.*, (select count(*) from pairs x "
+            "  join generations ga on ga.id = x.generation_a_id "
+            "  join generations gb on gb.id = x.generation_b_id "
+            "  where x.prompt_id = p.id and x.purpose = 'arena' "
+            "  and ((ga.version_id = :a and gb.version_id = :b) "
+            "    or (ga.version_id = :b and gb.version_id = :a))) as n "
+            "from prompts p where p.split = :split order by n, random() limit :limit",
+            {"a": version_a_id, "b": version_b_id, "split": split, "limit": limit},
+        )
+        return [_decode_prompt(r) for r in rows]
+
 
 # --------------------------------------------------------------------------------------------
 # helpers

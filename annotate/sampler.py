@@ -1,0 +1,392 @@
+"""Turn prompts into pairs of responses for annotators to judge.
+
+Three producers, one rule: every generation row names the version, the sampling settings and
+the seed that produced it, so any judgment can be replayed.
+
+- ``sample_pairs``: two responses per prompt from one version (two seeds). Pairs whose responses
+  are (nearly) the same teach nothing and waste an annotator's time, so they are dropped.
+- ``sample_battle_pairs``: one response from each of two versions, for blind arena battles.
+- ``QueueFiller``: a daemon thread keeping ``queue_target`` train pairs ready for the active
+  version, so an annotator never waits; it follows promotions without a restart.
+- ``stream_live_pair``: an annotator types a prompt and watches both responses appear.
+
+Many prompts share one batched decode (train/generation.py), which is where the speed comes from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import random
+import threading
+from typing import Callable, Iterator
+
+from annotate.store import Store, StoreError
+
+log = logging.getLogger("prefloop.sampler")
+
+NEAR_IDENTICAL_RATIO = 0.9  # difflib similarity at or above which two responses count as the same
+DEFAULT_BATCH_SIZE = 16  # rows (responses) decoded together; two rows per prompt
+DEFAULT_N_PROMPTS = 8
+MAX_SEED = 2**31 - 1  # fits SQLite integers and every torch generator
+
+Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
+
+
+class SamplerError(StoreError):
+    """Sampling could not start (no such prompt, no active version, empty prompt...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def near_identical(text_a: str, text_b: str, threshold: float = NEAR_IDENTICAL_RATIO) -> bool:
+    """Same text after normalising case and whitespace, or difflib ratio >= threshold."""
+    a, b = (" ".join(t.lower().split()) for t in (text_a, text_b))
+    if a == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A per-row seed from a run seed and the row's identity (prompt id, slot, version).
+
+    Derived rather than counted so a row's seed, hence its text, does not depend on which
+    other prompts were sampled in the same run.
+    """
+    digest = hashlib.sha256(":".join(str(p) for p in (base, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % MAX_SEED
+
+
+def conversation(prompt: dict) -> list[dict]:
+    """Chat messages of a stored prompt (its messages, or its text as one user turn)."""
+    return prompt.get("messages") or [{"role": "user", "content": prompt["text"]}]
+
+
+def _params(store: Store, params):
+    from train.generation import SamplingParams
+
+    if params is None:
+        return SamplingParams.from_dict(store.get_setting("sampling"))
+    if isinstance(params, dict):
+        return SamplingParams.from_dict(params)
+    return params
+
+
+def _pick_prompts(store: Store, prompt_ids, choose: Callable[[int], list[dict]], n_prompts) -> list[dict]:
+    if prompt_ids is not None:
+        prompts = []
+        for prompt_id in prompt_ids:
+            prompt = store.prompt(int(prompt_id))
+            if prompt is None:
+                raise SamplerError(f"no prompt with id {prompt_id}")
+            prompts.append(prompt)
+        return prompts
+    n = DEFAULT_N_PROMPTS if n_prompts is None else int(n_prompts)
+    if n < 1:
+        raise SamplerError(f"number of prompts must be at least 1, not {n}")
+    return choose(n)
+
+
+def _generation_row(version_id: int, generated, params) -> dict:
+    return {
+        "version_id": version_id,
+        "text": generated.text,
+        "params": params.to_dict(),
+        "seed": generated.seed,
+        "prompt_tokens": generated.prompt_tokens,
+        "completion_tokens": generated.completion_tokens,
+        "finish_reason": generated.finish_reason,
+        "latency_ms": generated.latency_ms,
+    }
+
+
+def _base_seed(seed: int | None) -> int:
+    return random.SystemRandom().randrange(MAX_SEED) if seed is None else int(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# pairs from one version
+# --------------------------------------------------------------------------------------------
+def sample_pairs(
+    store: Store,
+    version: str,
+    *,
+    prompt_ids: list[int] | None = None,
+    n_prompts: int | None = None,
+    split: str = "train",
+    params=None,
+    seed: int | None = None,
+    purpose: str = "train",
+    progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[int]:
+    """Sample two responses per prompt from ``version`` and queue them as pairs.
+
+    Prompts are ``prompt_ids`` or the ``n_prompts`` of ``split`` with the fewest pairs from this
+    version. Returns the ids of the pairs stored; near-identical pairs are dropped (not stored).
+    Pairs are stored after each batch, so an annotator can start before a long run ends.
+    """
+    from train.generation import generate
+    from train.models import load_version
+
+    row = store.require_version(version)
+    params = _params(store, params)
+    prompts = _pick_prompts(
+        store, prompt_ids, lambda n: store.prompts_needing_pairs(row["id"], split, n), n_prompts
+    )
+    if not prompts:
+        return []
+    base = _base_seed(seed)
+    model, tokenizer = load_version(store, row["name"])
+    per_batch = max(1, batch_size // 2)
+    pair_ids: list[int] = []
+    dropped = 0
+    for start in range(0, len(prompts), per_batch):
+        chunk = prompts[start : start + per_batch]
+        conversations = [conversation(p) for p in chunk for _ in range(2)]
+        seeds = [derive_seed(base, p["id"], slot) for p in chunk for slot in ("a", "b")]
+        outputs = generate(model, tokenizer, conversations, params, seeds, batch_size=batch_size)
+        for i, prompt in enumerate(chunk):
+            first, second = outputs[2 * i], outputs[2 * i + 1]
+            if near_identical(first.text, second.text):
+                dropped += 1
+                continue
+            pair_ids.append(
+                store.add_pair(
+                    prompt["id"],
+                    _generation_row(row["id"], first, params),
+                    _generation_row(row["id"], second, params),
+                    purpose=purpose,
+                )
+            )
+        if progress:
+            progress(min(start + per_batch, len(prompts)), len(prompts))
+    if dropped:
+        log.info("%s: dropped %d near-identical pair(s) of %d", row["name"], dropped, len(prompts))
+    return pair_ids
+
+
+# --------------------------------------------------------------------------------------------
+# battles between two versions
+# --------------------------------------------------------------------------------------------
+def sample_battle_pairs(
+    store: Store,
+    version_a: str,
+    version_b: str,
+    *,
+    prompt_ids: list[int] | None = None,
+    n_prompts: int | None = None,
+    split: str = "heldout",
+    params=None,
+    seed: int | None = None,
+    purpose: str = "arena",
+    progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[int]:
+    """One response from each version per prompt, stored as blind pairs.
+
+    Which version is generation "a" is randomised per pair (seeded), so position never tells an
+    annotator which model wrote what. Identical responses are kept: they are honest ties.
+    """
+    from train.generation import generate
+    from train.models import load_version
+
+    rows = [store.require_version(version_a), store.require_version(version_b)]
+    if rows[0]["id"] == rows[1]["id"]:
+        raise SamplerError("a battle needs two different versions")
+    params = _params(store, params)
+    prompts = _pick_prompts(
+        store,
+        prompt_ids,
+        lambda n: store.prompts_for_battle(rows[0]["id"], rows[1]["id"], split, n),
+        n_prompts,
+    )
+    if not prompts:
+        return []
+    base = _base_seed(seed)
+    outputs = {}
+    for step, row in enumerate(rows):
+        model, tokenizer = load_version(store, row["name"])
+        seeds = [derive_seed(base, p["id"], row["name"]) for p in prompts]
+        outputs[row["id"]] = generate(
+            model, tokenizer, [conversation(p) for p in prompts], params, seeds, batch_size=batch_size
+        )
+        if progress:
+            progress(len(prompts) * (step + 1) // 2, len(prompts))
+    coin = random.Random(base)
+    pair_ids = []
+    for i, prompt in enumerate(prompts):
+        first, second = rows if coin.random() < 0.5 else rows[::-1]
+        pair_ids.append(
+            store.add_pair(
+                prompt["id"],
+                _generation_row(first["id"], outputs[first["id"]][i], params),
+                _generation_row(second["id"], outputs[second["id"]][i], params),
+                purpose=purpose,
+            )
+        )
+    return pair_ids
+
+
+# --------------------------------------------------------------------------------------------
+# live prompts
+# --------------------------------------------------------------------------------------------
+def stream_live_pair(
+    store: Store, annotator_id: int, prompt_text: str, params=None
+) -> Iterator[tuple]:
+    """Stream two responses to an annotator's own prompt, then store and assign the pair.
+
+    Yields ``(text_a, text_b)`` as both grow (decoded together, one step each), then
+    ``("__done__", pair_id)``. The prompt is stored with source "live", split "train"; nothing
+    is stored if the generator is abandoned before the end.
+    """
+    from train.generation import stream_batch
+    from train.models import load_version
+
+    text = (prompt_text or "").strip()
+    if not text:
+        raise SamplerError("type a prompt first")
+    if store.annotator(annotator_id) is None:
+        raise SamplerError(f"no annotator with id {annotator_id}")
+    active = store.active_version()
+    if active is None:
+        raise SamplerError("no active model version yet: run `prefloop init` first")
+    params = _params(store, params)
+    base = _base_seed(None)
+    seeds = [derive_seed(base, "live", slot) for slot in ("a", "b")]
+    model, tokenizer = load_version(store, active["name"])
+    messages = [{"role": "user", "content": text}]
+    decoding = stream_batch(model, tokenizer, [messages, messages], params, seeds)
+    while True:
+        try:
+            texts = next(decoding)
+        except StopIteration as finished:
+            results = finished.value
+            break
+        yield texts[0], texts[1]
+    prompt_id = store.prompt_id_for_text(text, source="live", split="train")
+    pair_id = store.add_pair(
+        prompt_id,
+        _generation_row(active["id"], results[0], params),
+        _generation_row(active["id"], results[1], params),
+        purpose="live",
+        judgments_wanted=1,
+        created_by=annotator_id,
+    )
+    pair = store.pair(pair_id)
+    left = random.choice([pair["generation_a_id"], pair["generation_b_id"]])
+    store.assign_pair(annotator_id, pair_id, left)
+    yield "__done__", pair_id
+
+
+# --------------------------------------------------------------------------------------------
+# background queue
+# --------------------------------------------------------------------------------------------
+class QueueFiller:
+    """Keeps ``queue_target`` open train pairs ready for whichever version is active.
+
+    Each pass re-reads the active version and the target, so a promotion or a settings change
+    takes effect on the next pass, without a restart. Errors are logged and retried with
+    exponential back-off; the thread never dies of one.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        poll_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+        params=None,
+    ):
+        self.store = store
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.max_backoff_s = max_backoff_s
+        self.params = params
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._status = {"version": None, "queued": 0, "target": 0, "state": "stopped", "pairs_made": 0}
+
+    # -- control ---------------------------------------------------------------------------
+    def start(self) -> "QueueFiller":
+        if self._thread and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="prefloop-queue-filler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the thread to end after its current batch, and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._set(state="stopped")
+
+    def wake(self) -> None:
+        """Check the queue now (after a vote, a promotion, a settings change)."""
+        self._wake.set()
+
+    def status(self) -> dict:
+        """version, queued, target, state ("filling" | "idle" | "error: ..." | "stopped"), pairs_made."""
+        with self._lock:
+            return dict(self._status)
+
+    def is_alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    # -- work ------------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """One pass: top the queue up by at most one batch. Returns the pairs made."""
+        active = self.store.active_version()
+        if active is None:
+            self._set(version=None, queued=0, state="idle")
+            return 0
+        target = int(self.store.get_setting("queue_target"))
+        queued = self.store.queued_pairs(active["id"])
+        self._set(version=active["name"], queued=queued, target=target)
+        if queued >= target:
+            self._set(state="idle")
+            return 0
+        self._set(state="filling")
+        wanted = min(target - queued, max(1, self.batch_size // 2))
+        made = sample_pairs(
+            self.store, active["name"], n_prompts=wanted, params=self.params, batch_size=self.batch_size
+        )
+        current = self.store.active_version()
+        if current is not None and current["id"] != active["id"]:
+            # promoted mid-batch: what we just made belongs to a version that no longer serves
+            self.store.retire_open_pairs(except_version_id=current["id"])
+        with self._lock:
+            self._status["pairs_made"] += len(made)
+        self._set(queued=self.store.queued_pairs(active["id"]))
+        return len(made)
+
+    def _run(self) -> None:
+        backoff = self.poll_s
+        while not self._stop.is_set():
+            try:
+                made = self.run_once()
+                backoff = self.poll_s
+                delay = 0.0 if made else self.poll_s
+                if not made and self.status()["state"] == "filling":
+                    self._set(state="idle")  # nothing to sample (no prompts, or all near-identical)
+            except Exception as error:  # noqa: BLE001 - the filler must outlive any one failure
+                log.exception("queue filler pass failed")
+                self._set(state=f"error: {error}")
+                delay = backoff
+                backoff = min(backoff * 2, self.max_backoff_s)
+            if delay:
+                self._wake.wait(delay)
+            self._wake.clear()
+
+    def _set(self, **fields) -> None:
+        with self._lock:
+            self._status.update(fields)

@@ -1,0 +1,476 @@
+"""The Annotate tab and the sign-in page.
+
+Handlers come first and are plain functions of ``(store, token, ...)`` returning a ``Screen``
+(what the tab shows), so tests call them without a server; ``build_*`` functions at the bottom
+only lay out Gradio components and wire events to those handlers.
+
+Screen sides versus generations: a pair's generations are "a" and "b" in the database; which one
+is shown on the *left* is randomised per annotator when the pair is served (the assignment's
+``left_generation_id``). Buttons talk about the screen ("A is better" = the left response), and
+``side_to_choice`` translates to generation terms before anything is stored.
+
+Example:
+    screen = next_pair(store, token)          # serve a pair
+    screen = vote(store, token, screen.pair, "left")   # left response is better
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from annotate import auth
+from annotate.render import highlight_css, panel, render_markdown, render_plain, render_prompt
+from annotate.store import Store, StoreError
+
+SIDES = ("left", "right", "tie", "both_bad")
+# (side, label, elem_id, key): the keyboard script clicks the button with this elem_id
+VOTE_BUTTONS = (
+    ("left", "A is better (1)", "pf-vote-left", "1"),
+    ("right", "B is better (2)", "pf-vote-right", "2"),
+    ("tie", "Tie (3)", "pf-vote-tie", "3"),
+    ("both_bad", "Both bad (4)", "pf-vote-both-bad", "4"),
+)
+SKIP_BUTTON = ("Skip (S)", "pf-skip", "s")
+UNDO_BUTTON = ("Undo (U)", "pf-undo", "u")
+REASON_TAGS = (
+    "more helpful",
+    "more accurate",
+    "safer",
+    "more concise",
+    "better formatted",
+    "follows instructions",
+)
+POLL_SECONDS = 3  # how often an empty queue is re-checked; cheap (one count query)
+MAX_BETTER_ANSWER_CHARS = 8_000
+MAX_COMMENT_CHARS = 2_000
+MAX_LIVE_PROMPT_CHARS = 4_000
+
+
+class LivePromptUnavailable(StoreError):
+    """Live prompts need annotate.sampler (and a model); the message says so."""
+
+
+@dataclass
+class Screen:
+    """Everything the Annotate tab shows after one action."""
+
+    pair: dict | None = None  # the shown pair (ids + shown_at); None when nothing is votable
+    prompt_html: str = ""
+    left_html: str = ""
+    right_html: str = ""
+    message: str = ""
+    progress: str = ""
+    waiting: bool = False  # queue empty: poll until a pair arrives
+    clear_inputs: bool = False  # reasons / comment / better answer belong to the last pair
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# handlers: plain functions, no Gradio
+# --------------------------------------------------------------------------------------------
+def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[str | None, str]:
+    """(session token or None, message). Wrong credentials never raise: they become a message."""
+    try:
+        token, user = auth.sign_in(store, name, password, client=client)
+    except StoreError as error:
+        return None, str(error)
+    return token, f"Signed in as **{html.escape(user['name'])}** ({user['role']})."
+
+
+def sign_out(store: Store, token: str | None) -> tuple[None, str]:
+    auth.sign_out(store, token)
+    return None, "Signed out."
+
+
+def visible_tabs(user: dict | None) -> dict[str, bool]:
+    """Which tabs a user sees. Hiding is courtesy only: every handler re-checks the role."""
+    signed_in = user is not None
+    maintainer = signed_in and user["role"] == "maintainer"
+    return {"annotate": signed_in, "demo": signed_in, "train": maintainer, "evaluate": maintainer}
+
+
+def progress_line(store: Store, user: dict) -> str:
+    """'alice · 12 today · 340 overall · 14 pairs in queue · model v2' as Markdown."""
+    counts = store.annotator_counts(user["id"])
+    version = store.active_version()
+    queue = store.queued_pairs(version["id"]) if version else 0
+    model = f"model **{html.escape(version['name'])}**" if version else "no active model"
+    return (
+        f"**{html.escape(user['name'])}** ({user['role']}) · {counts['today']} today · "
+        f"{counts['total']} overall · {queue} pairs in queue · {model}"
+    )
+
+
+def next_pair(store: Store, token: str | None, message: str = "", rng=None) -> Screen:
+    """Serve the annotator's next pair (the same one again if they had one open)."""
+    user = auth.require_role(store, token, "annotator")
+    version = store.active_version()
+    assignment = store.serve_pair(user["id"], version["id"] if version else None, rng=rng)
+    if assignment is None:
+        return _waiting_screen(store, user, version, message)
+    return _pair_screen(store, user, assignment, message)
+
+
+def side_to_choice(pair: dict, side: str) -> str:
+    """A screen side ('left'/'right'/'tie'/'both_bad') -> the stored choice ('a'/'b'/...)."""
+    if side not in SIDES:
+        raise StoreError(f"unknown vote {side!r}")
+    if side in ("tie", "both_bad"):
+        return side
+    left_is_a = pair["left_generation_id"] == pair["generation_a_id"]
+    return "a" if (side == "left") == left_is_a else "b"
+
+
+def vote(
+    store: Store,
+    token: str | None,
+    pair: dict | None,
+    side: str,
+    reasons: list[str] | None = None,
+    comment: str | None = None,
+    better_answer: str | None = None,
+    rng=None,
+) -> Screen:
+    """Record a vote on the shown pair, then serve the next one.
+
+    A repeated vote on the same pair (double click) records nothing new; a refused vote (pair
+    judged enough, not served to you) says why and moves on.
+    """
+    user = auth.require_role(store, token, "annotator")
+    if not pair:
+        return next_pair(store, token, "No pair was shown; here is the next one.", rng=rng)
+    choice = side_to_choice(pair, side)
+    unknown = set(reasons or ()) - set(REASON_TAGS)
+    if unknown:
+        raise StoreError(f"unknown reason tags: {', '.join(sorted(unknown))}")
+    try:
+        _, created = store.record_judgment(
+            user["id"],
+            int(pair["pair_id"]),
+            choice,
+            better_answer=(better_answer or "").strip()[:MAX_BETTER_ANSWER_CHARS] or None,
+            reasons=list(reasons or []) or None,
+            comment=(comment or "").strip()[:MAX_COMMENT_CHARS] or None,
+            elapsed_ms=_elapsed_ms(pair),
+        )
+    except StoreError as error:
+        screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
+        screen.clear_inputs = True
+        return screen
+    label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+    said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
+    screen = next_pair(store, token, said, rng=rng)
+    screen.clear_inputs = True
+    return screen
+
+
+def skip(store: Store, token: str | None, pair: dict | None, rng=None) -> Screen:
+    """Skip the shown pair: it is never served to you again."""
+    user = auth.require_role(store, token, "annotator")
+    if pair:
+        store.skip_pair(user["id"], int(pair["pair_id"]))
+    screen = next_pair(store, token, "Skipped.", rng=rng)
+    screen.clear_inputs = True
+    return screen
+
+
+def undo(store: Store, token: str | None, pair: dict | None = None, rng=None) -> Screen:
+    """Take back your latest vote and show that pair again, on the same sides as before."""
+    user = auth.require_role(store, token, "annotator")
+    assignment = store.undo_last_judgment(user["id"])
+    if assignment is None:
+        if pair:
+            return next_pair(store, token, "Nothing to undo.", rng=rng)
+        return next_pair(store, token, "Nothing to undo.", rng=rng)
+    return _pair_screen(store, user, assignment, "Undone: your last vote was removed; vote again.")
+
+
+def live_prompt(
+    store: Store, token: str | None, prompt_text: str, params=None
+) -> Iterator[Screen]:
+    """Stream both responses to an annotator's own prompt, then make the pair votable."""
+    user = auth.require_role(store, token, "annotator")
+    prompt_text = (prompt_text or "").strip()
+    if not prompt_text:
+        raise StoreError("type a prompt first")
+    if len(prompt_text) > MAX_LIVE_PROMPT_CHARS:
+        raise StoreError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
+    try:
+        from annotate.sampler import stream_live_pair
+    except ImportError as error:
+        raise LivePromptUnavailable("live prompts are not available (no sampler installed)") from error
+    prompt_html = render_prompt(prompt_text)
+    progress = progress_line(store, user)
+    for item in stream_live_pair(store, user["id"], prompt_text, params):
+        if item and item[0] == "__done__":
+            assignment = store.assignment(user["id"], int(item[1]))
+            yield _pair_screen(
+                store, user, assignment, "Both responses are ready: vote as usual.", clear=True
+            )
+            return
+        text_a, text_b = item
+        yield Screen(
+            prompt_html=prompt_html,
+            left_html=panel("Response A", render_plain(text_a), "pf-left"),
+            right_html=panel("Response B", render_plain(text_b), "pf-right"),
+            message="Generating both responses…",
+            progress=progress,
+        )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _pair_screen(
+    store: Store, user: dict, assignment: dict, message: str = "", clear: bool = False
+) -> Screen:
+    left_is_a = assignment["left_generation_id"] == assignment["generation_a_id"]
+    left_text, right_text = (
+        (assignment["text_a"], assignment["text_b"])
+        if left_is_a
+        else (assignment["text_b"], assignment["text_a"])
+    )
+    pair = {
+        "pair_id": assignment["id"],
+        "left_generation_id": assignment["left_generation_id"],
+        "generation_a_id": assignment["generation_a_id"],
+        "generation_b_id": assignment["generation_b_id"],
+        "shown_at": time.time(),
+        "served_at": assignment.get("served_at"),
+    }
+    return Screen(
+        pair=pair,
+        prompt_html=panel("Prompt", render_prompt(assignment["prompt"]), "pf-prompt"),
+        left_html=panel("Response A", render_markdown(left_text), "pf-left"),
+        right_html=panel("Response B", render_markdown(right_text), "pf-right"),
+        message=message,
+        progress=progress_line(store, user),
+        clear_inputs=clear,
+    )
+
+
+def _waiting_screen(store: Store, user: dict, version: dict | None, message: str) -> Screen:
+    if version is None:
+        note = "No model version is active yet: a maintainer runs `prefloop init`."
+    else:
+        queue = store.queued_pairs(version["id"])
+        note = (
+            f"⏳ The sampler is preparing pairs: {queue} in queue, version "
+            f"{html.escape(version['name'])}. This page checks again every {POLL_SECONDS} s "
+            "(or press Refresh); meanwhile you can try your own prompt below."
+        )
+    empty = '<div class="pf-waiting">No pair to judge right now.</div>'
+    return Screen(
+        prompt_html=panel("Prompt", empty, "pf-prompt"),
+        left_html=panel("Response A", "", "pf-left"),
+        right_html=panel("Response B", "", "pf-right"),
+        message=f"{message} {note}".strip(),
+        progress=progress_line(store, user),
+        waiting=True,
+    )
+
+
+def _elapsed_ms(pair: dict) -> int | None:
+    """Time from the pair being shown to the vote, measured on the server."""
+    if pair.get("shown_at"):
+        return max(1, int((time.time() - float(pair["shown_at"])) * 1000))
+    if pair.get("served_at"):
+        served = dt.datetime.fromisoformat(pair["served_at"])
+        return max(1, int((dt.datetime.now(dt.timezone.utc) - served).total_seconds() * 1000))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Gradio wiring
+# --------------------------------------------------------------------------------------------
+KEYBOARD_JS = """
+<script>
+(() => {
+  const keys = %s;
+  document.addEventListener('keydown', (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const target = event.target;
+    const tag = ((target && target.tagName) || '').toLowerCase();
+    if (tag === 'input' || tag === 'textarea' || tag === 'select' || (target && target.isContentEditable)) {
+      if (event.key === 'Escape' && target.blur) target.blur();  // Esc: back to shortcuts
+      return;
+    }
+    const id = keys[event.key.toLowerCase()];
+    if (!id) return;
+    const button = document.getElementById(id);
+    if (!button || button.disabled || button.offsetParent === null) return;  // hidden tab
+    event.preventDefault();
+    button.click();
+  });
+})();
+</script>
+"""
+
+APP_CSS = """
+.pf-panel { border: 1px solid var(--border-color-primary); border-radius: 8px;
+  background: var(--background-fill-primary); }
+.pf-panel-title { font-weight: 600; font-size: 0.85em; text-transform: uppercase;
+  letter-spacing: 0.04em; padding: 6px 12px; border-bottom: 1px solid var(--border-color-primary);
+  color: var(--body-text-color-subdued); }
+.pf-panel-body { padding: 4px 14px; overflow: auto; overflow-wrap: anywhere; }
+.pf-prompt .pf-panel-body { max-height: 240px; }
+.pf-left .pf-panel-body, .pf-right .pf-panel-body { max-height: 460px; min-height: 200px; }
+.pf-md pre { white-space: pre-wrap; background: var(--background-fill-secondary);
+  padding: 8px 10px; border-radius: 6px; font-size: 0.9em; }
+.pf-md pre.pf-stream { background: none; padding: 0; font-family: inherit; font-size: inherit; }
+.pf-truncated { color: var(--body-text-color-subdued); font-style: italic; }
+.pf-empty, .pf-waiting { color: var(--body-text-color-subdued); font-style: italic; }
+.pf-waiting { padding: 24px 0; text-align: center; }
+.pf-keys { color: var(--body-text-color-subdued); font-size: 0.9em; }
+.pf-keys kbd { border: 1px solid var(--border-color-primary); border-radius: 4px;
+  padding: 0 5px; font-family: monospace; background: var(--background-fill-secondary); }
+#pf-signin { max-width: 420px; margin: 48px auto; }
+"""
+
+
+def keyboard_head() -> str:
+    """The ``<head>`` snippet that turns 1/2/3/4/S/U into clicks on the vote buttons."""
+    import json
+
+    keys = {key: elem_id for _, _, elem_id, key in VOTE_BUTTONS}
+    keys[SKIP_BUTTON[2]] = SKIP_BUTTON[1]
+    keys[UNDO_BUTTON[2]] = UNDO_BUTTON[1]
+    return KEYBOARD_JS % json.dumps(keys)
+
+
+def launch_options() -> dict[str, Any]:
+    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``)."""
+    return {"head": keyboard_head(), "css": APP_CSS + highlight_css()}
+
+
+def shortcuts_markdown() -> str:
+    keys = [(label.split(" (")[0], key) for _, label, _, key in VOTE_BUTTONS]
+    keys += [("Skip", "S"), ("Undo", "U")]
+    shown = " · ".join(f"<kbd>{key.upper()}</kbd> {name}" for name, key in keys)
+    return f'<div class="pf-keys">Keyboard: {shown} · <kbd>Esc</kbd> leaves a text box</div>'
+
+
+def build_annotate_tab(store: Store, token_state) -> dict:
+    """Lay out the Annotate tab inside the current Blocks; returns the components app.py needs.
+
+    Example: parts = build_annotate_tab(store, token_state)  # inside `with gr.Tab("Annotate"):`
+    """
+    import gradio as gr
+
+    pair_state = gr.State(None)
+    timer = gr.Timer(POLL_SECONDS, active=False)
+    progress = gr.Markdown(elem_id="pf-progress")
+    message = gr.Markdown(elem_id="pf-message")
+    prompt_box = gr.HTML(elem_id="pf-prompt", js_on_load=None)
+    with gr.Row(equal_height=True):
+        left_box = gr.HTML(elem_id="pf-left", js_on_load=None)
+        right_box = gr.HTML(elem_id="pf-right", js_on_load=None)
+    with gr.Row():
+        vote_buttons = {
+            side: gr.Button(label, elem_id=elem_id, variant="primary" if side in ("left", "right") else "secondary")
+            for side, label, elem_id, _ in VOTE_BUTTONS
+        }
+        skip_button = gr.Button(SKIP_BUTTON[0], elem_id=SKIP_BUTTON[1], variant="secondary", scale=0, min_width=110)
+        undo_button = gr.Button(UNDO_BUTTON[0], elem_id=UNDO_BUTTON[1], variant="secondary", scale=0, min_width=110)
+    gr.HTML(shortcuts_markdown(), js_on_load=None)
+    with gr.Accordion("Why? (optional: reasons, comment, a better answer)", open=False):
+        reasons = gr.CheckboxGroup(list(REASON_TAGS), label="Reasons", elem_id="pf-reasons")
+        with gr.Row():
+            comment = gr.Textbox(label="Comment", lines=2, max_lines=6, elem_id="pf-comment")
+            better = gr.Textbox(
+                label="Write a better answer (saved with your vote)",
+                lines=3,
+                max_lines=12,
+                elem_id="pf-better",
+            )
+    with gr.Accordion("Try your own prompt (live)", open=False):
+        with gr.Row():
+            live_text = gr.Textbox(
+                label="Your prompt",
+                placeholder="Ask anything; both responses stream in, then you vote as usual.",
+                lines=2,
+                scale=5,
+                elem_id="pf-live-text",
+            )
+            live_button = gr.Button("Generate", elem_id="pf-live-go", scale=1)
+    refresh = gr.Button("Refresh", elem_id="pf-refresh", size="sm", variant="secondary")
+
+    screen_outputs = [pair_state, prompt_box, left_box, right_box, message, progress, timer,
+                      reasons, comment, better]
+
+    def to_outputs(screen: Screen) -> list:
+        keep = gr.update()
+        return [
+            screen.pair,
+            screen.prompt_html,
+            screen.left_html,
+            screen.right_html,
+            screen.message,
+            screen.progress,
+            gr.Timer(active=screen.waiting),
+            [] if screen.clear_inputs else keep,
+            "" if screen.clear_inputs else keep,
+            "" if screen.clear_inputs else keep,
+        ]
+
+    def guarded(action):
+        """Run a handler; a StoreError becomes the message line instead of a traceback."""
+
+        def run(*args):
+            try:
+                return to_outputs(action(*args))
+            except StoreError as error:
+                return [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
+
+        return run
+
+    def load(token):
+        return next_pair(store, token)
+
+    for side, button in vote_buttons.items():
+        button.click(
+            guarded(lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b)),
+            inputs=[token_state, pair_state, reasons, comment, better],
+            outputs=screen_outputs,
+            concurrency_limit=None,  # a vote is one short transaction; never queue behind a stream
+        )
+    quick = {"outputs": screen_outputs, "concurrency_limit": None}
+    skip_button.click(guarded(lambda token, pair: skip(store, token, pair)),
+                      inputs=[token_state, pair_state], **quick)
+    undo_button.click(guarded(lambda token, pair: undo(store, token, pair)),
+                      inputs=[token_state, pair_state], **quick)
+    refresh.click(guarded(load), inputs=[token_state], **quick)
+
+    def poll(token, pair):
+        if pair:  # a pair arrived by another route (undo, live prompt): stop polling
+            return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * 3
+        return guarded(load)(token)
+
+    timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", **quick)
+
+    def run_live(token, text):
+        try:
+            for screen in live_prompt(store, token, text):
+                yield to_outputs(screen)
+        except StoreError as error:
+            yield [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
+
+    # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
+    live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,
+                      concurrency_limit=1, concurrency_id="pf-live")
+    return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state}
+
+
+def build_sign_in(store: Store):
+    """The sign-in form; returns (column, name, password, button, message)."""
+    import gradio as gr
+
+    with gr.Column(elem_id="pf-signin", visible=True) as column:
+        gr.Markdown("## prefloop\nSign in to judge responses.")
+        name = gr.Textbox(label="Name", elem_id="pf-name", max_lines=1)
+        password = gr.Textbox(label="Password", type="password", elem_id="pf-password", max_lines=1)
+        button = gr.Button("Sign in", variant="primary", elem_id="pf-signin-button")
+        message = gr.Markdown(elem_id="pf-signin-message")
+    return column, name, password, button, message

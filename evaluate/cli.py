@@ -1,0 +1,169 @@
+"""Evaluation commands: `prefloop eval`, `prefloop simulate`, `prefloop battles create`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from annotate.store import Store, StoreError
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+@click.command("eval")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the full report as JSON here ('-' for stdout)")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write the plots (PNG) into this folder")
+@click.option("--bootstrap", default=1000, show_default=True, help="bootstrap rounds for rating intervals")
+@click.option("--seed", default=0, show_default=True, help="bootstrap seed")
+@click.option("--accuracy/--no-accuracy", default=True, show_default=True,
+              help="compute held-out preference accuracy where no round recorded it (loads each version)")
+def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
+    """Leaderboard (Bradley-Terry ratings from blind battles), held-out accuracy and text stats.
+
+    Example: prefloop eval --json report.json --png plots/
+    """
+    from evaluate.report import build_report
+
+    store = Store()
+    report = build_report(store, bootstrap=bootstrap, seed=seed, compute_accuracy=accuracy, progress=_log)
+    board = report["leaderboard"]
+    out = sys.stderr if json_out == "-" else sys.stdout
+    echo = lambda line="": click.echo(line, file=out)  # noqa: E731
+    echo(f"Leaderboard ({board['battles']} battles, {board['anchor'] or 'no anchor'} = 1000)")
+    if board["ratings"]:
+        echo(f"  {'version':<10}{'rating':>8}  {'95% CI':<17}{'W':>5}{'T':>5}{'L':>5}")
+        for r in board["ratings"]:
+            ci = f"[{_fmt(r['ci_low'], '.0f')}, {_fmt(r['ci_high'], '.0f')}]"
+            echo(f"  {r['version']:<10}{r['rating']:>8.0f}  {ci:<17}{r['wins']:>5}{r['ties']:>5}{r['losses']:>5}")
+    else:
+        echo("  no battles judged yet: queue some with `prefloop battles create --a v1 --b v0`")
+    for w in board["win_tie_loss"]:
+        echo(f"  {w['version_a']} vs {w['version_b']}: {w['wins_a']}-{w['wins_b']} "
+             f"({w['ties']} ties, {w['both_bad']} both bad)")
+    echo()
+    echo("Versions")
+    echo(f"  {'version':<10}{'method':<8}{'rows':>6}{'acc':>7}{'win vs base':>13}{'words':>8}{'len x':>7}{'dist-2':>8}{'refuse':>8}")
+    for v in report["versions"]:
+        echo(f"  {v['version']:<10}{(v['method'] or '-'):<8}{_fmt(v['dataset_size'], 'd'):>6}"
+             f"{_fmt(v['heldout_accuracy'], '.2f'):>7}{_fmt(v['win_rate_vs_base'], '.1%'):>13}"
+             f"{_fmt(v['mean_words'], '.1f'):>8}{_fmt(v['length_ratio'], '.2f'):>7}"
+             f"{_fmt(v['distinct_2'], '.2f'):>8}{_fmt(v['refusal_rate'], '.0%'):>8}")
+    agreement = report["agreement"]
+    if agreement["annotators"]:
+        echo()
+        echo(f"Agreement (Krippendorff's alpha {_fmt(agreement['krippendorff_alpha'], '.2f')} over "
+             f"{agreement['multiply_judged_pairs']} pairs judged more than once)")
+        for a in agreement["annotators"]:
+            echo(f"  {a['annotator']:<20}{a['judgments']:>6} votes  gold {_fmt(a['gold_accuracy'], '.0%')}"
+                 f" ({a['gold_votes']})  mean kappa {_fmt(a['mean_kappa'], '.2f')}")
+    if json_out:
+        text = json.dumps(report, indent=2)
+        if json_out == "-":
+            click.echo(text)
+        else:
+            Path(json_out).write_text(text)
+            _log(f"wrote {json_out}")
+    if png_dir:
+        from evaluate.plots import save_plots
+
+        for path in save_plots(report["versions"], png_dir, base=board["anchor"] or "v0"):
+            _log(f"wrote {path}")
+
+
+@click.command("simulate")
+@click.option("--judge", default="evaluate.judges:concise", show_default=True, help="module:function judge(prompt, a, b)")
+@click.option("--rounds", default=3, show_default=True, help="training rounds")
+@click.option("--pairs-per-round", default=96, show_default=True, help="pairs sampled and judged per round")
+@click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True)
+@click.option("--noise", default=0.0, show_default=True, help="share of votes replaced by a random choice")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--eval-prompts", default=48, show_default=True, help="held-out prompts battled against v0 per round")
+@click.option("--lr", "learning_rate", type=float, help="round learning rate (default 2e-4)")
+@click.option("--epochs", type=float, help="round epochs (default 3)")
+@click.option("--beta", type=float, help="DPO beta / ORPO lambda (default 0.1)")
+@click.option("--temperature", type=float, help="sampling temperature (default 1.0)")
+@click.option("--max-new-tokens", type=int, help="response length cap (default 192)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
+def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_prompts, learning_rate,
+                     epochs, beta, temperature, max_new_tokens, as_json, png_dir):
+    """Run the loop unattended with a simulated judge: sample, vote, train, promote, battle v0.
+
+    Example: prefloop simulate --judge evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
+    """
+    from evaluate.judges import load_judge
+    from evaluate.simulate import SimulationConfig, run_simulation
+
+    config = SimulationConfig(
+        judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, method=method, noise=noise,
+        seed=seed, eval_prompts=eval_prompts, learning_rate=learning_rate, epochs=epochs, beta=beta,
+        temperature=temperature, max_new_tokens=max_new_tokens,
+    ).validate()
+    judge_fn = load_judge(judge)  # fail fast, before any model loads
+    started = time.perf_counter()
+    result = run_simulation(Store(), config, judge=judge_fn, log=_log)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{'round':<7}{'version':<9}{'pairs':>6}{'win vs v0':>11}  {'95% CI':<16}{'words':>7}{'secs':>8}")
+        for r in result["rounds"]:
+            ci = f"[{_fmt(r.get('ci_low'), '.0%')}, {_fmt(r.get('ci_high'), '.0%')}]"
+            click.echo(f"{r['round']:<7}{r['version']:<9}{r['pairs']:>6}{_fmt(r.get('win_rate_vs_v0'), '.1%'):>11}"
+                       f"  {ci:<16}{_fmt(r.get('mean_words'), '.1f'):>7}{r['seconds']:>8.0f}")
+        click.echo(f"total {time.perf_counter() - started:.0f} s")
+    if png_dir:
+        from evaluate.plots import save_plots, simulation_rows
+
+        for path in save_plots(simulation_rows(result), png_dir):
+            _log(f"wrote {path}")
+
+
+@click.group("battles")
+def battles_group():
+    """Blind version-vs-version battles for human annotators.
+
+    Example: prefloop battles create --a v1 --b v0 --prompts 50
+    """
+
+
+@battles_group.command("create")
+@click.option("--a", "version_a", required=True, help="one version (e.g. v1)")
+@click.option("--b", "version_b", required=True, help="the other version (e.g. v0)")
+@click.option("--prompts", "n_prompts", default=50, show_default=True, help="held-out prompts to battle on")
+@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+@click.option("--seed", type=int, help="sampling seed (random when omitted)")
+def battles_create(version_a, version_b, n_prompts, split, seed):
+    """Queue blind battle pairs (one answer from each version per prompt, sides randomised).
+
+    Annotators see them in the Annotate tab like any pair; `prefloop eval` turns the votes
+    into ratings.
+
+    Example: prefloop battles create --a v1 --b v0 --prompts 50
+    """
+    from annotate.sampler import sample_battle_pairs
+
+    store = Store()
+    for name in (version_a, version_b):
+        store.require_version(name)
+    if version_a == version_b:
+        raise StoreError("a battle needs two different versions")
+    if n_prompts < 1:
+        raise StoreError("--prompts must be at least 1")
+    pair_ids = sample_battle_pairs(store, version_a, version_b, n_prompts=n_prompts, split=split, seed=seed)
+    click.echo(f"queued {len(pair_ids)} battle pairs {version_a} vs {version_b} on {split} prompts")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(eval_command)
+    group.add_command(simulate_command)
+    group.add_command(battles_group)

@@ -1,0 +1,242 @@
+"""Training rounds on a tiny random model: DPO, ORPO, gates, crashes, a killed child, accuracy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from annotate.store import StoreError
+from test_dataset import add_judged_pairs
+
+FAST = dict(max_steps=3, batch_size=2, gradient_accumulation=1, max_length=96, max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3)
+
+
+def fast_config(**overrides):
+    from train.config import RoundConfig
+
+    return RoundConfig(**{**FAST, "min_new_pairs": 1, **overrides})
+
+
+def ready_store(store, n=6, heldout=2):
+    store.set_setting("min_new_pairs", 4)
+    add_judged_pairs(store, n)
+    if heldout:
+        add_judged_pairs(store, heldout, split="heldout", tag="h")
+    return store
+
+
+def new_round(store, **overrides) -> int:
+    from train.rounds import create_round
+
+    return create_round(store, fast_config(**overrides))
+
+
+def state_of(store):
+    return store.get_setting("active_version"), [v["name"] for v in store.list_versions()]
+
+
+def base_weights(store, name="v0"):
+    from train import models
+
+    model, _ = models.load_version(store, name)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_round_trains_an_adapter(tiny_v0, method):
+    from train import models
+    from train.rounds import run_round
+
+    store = ready_store(tiny_v0)
+    before = base_weights(store)
+    round_id = new_round(store, method=method)
+    summary = run_round(store, round_id)
+
+    done = store.round(round_id)
+    assert done["status"] in ("promoted", "trained") and done["progress"] == 1.0
+    assert done["dataset_size"] == 6 and len(done["dataset_hash"]) == 64
+    version = store.require_version(done["new_version_id"])
+    assert version["name"] == summary["version"] == "v1"
+    card = version["card"]
+    assert card["parent"] == "v0" and card["method"] == method
+    assert card["dataset_hash"] == done["dataset_hash"] and card["dataset_size"] == 6
+    assert card["judgment_id_range"] == [1, 6]
+    # adapter weights moved off their init (LoRA B starts at zero)
+    adapter = load_file(str(models.version_path(version) / "adapter_model.safetensors"))
+    lora_b = [t for k, t in adapter.items() if "lora_B" in k]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
+    # the parent (shared cached model) did not change
+    after = base_weights(store)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    names = {m["name"] for m in store.round_metrics(round_id)}
+    assert {"loss", "rewards/margins", "rewards/accuracies"} <= names
+    assert (models.prefloop_home() / "rounds" / str(round_id) / "dataset.jsonl").exists()
+    assert done["metrics"]["heldout_rows"] == 2 and 0 <= done["metrics"]["heldout_accuracy"] <= 1
+    if method == "dpo":
+        assert {"logps/chosen", "logps/rejected"} <= names
+
+
+def test_gate_promotes_or_waits(tiny_v0):
+    from train.heldout import preference_accuracy
+    from train.dataset import build_preference_rows
+    from train.rounds import run_round
+
+    store = ready_store(tiny_v0)
+    store.set_setting("promotion_min_accuracy", 1.01)  # impossible: the candidate must wait
+    round_id = new_round(store)
+    run_round(store, round_id)
+    done = store.round(round_id)
+    assert done["status"] == "trained" and store.get_setting("active_version") == "v0"
+    assert store.require_version("v1")["status"] == "candidate"
+    assert "awaiting a maintainer" in done["metrics"]["gate"]["verdict"]
+    # the public accuracy on the merged version agrees with the one measured on the adapter
+    accuracy = preference_accuracy(store, "v1", build_preference_rows(store, split="heldout"))
+    assert accuracy == pytest.approx(done["metrics"]["heldout_accuracy"], abs=0.51)
+    assert preference_accuracy(store, "v0", build_preference_rows(store, split="heldout")) is None
+
+
+def test_no_heldout_judgments_follow_the_setting(tiny_v0):
+    from train.rounds import run_round
+
+    store = ready_store(tiny_v0, heldout=0)
+    round_id = new_round(store)
+    run_round(store, round_id)
+    done = store.round(round_id)
+    assert done["metrics"]["heldout_note"] == "no held-out judgments"
+    assert done["status"] == "trained" and store.get_setting("active_version") == "v0"
+    # with the gate off (0) the next round promotes; it learns only from judgments after v1's
+    store.set_setting("promotion_min_accuracy", 0.0)
+    from train import models
+
+    models.promote(store, "v1")
+    add_judged_pairs(store, 2, tag="more")
+    second = new_round(store)
+    result = run_round(store, second)
+    assert result["status"] == "promoted" and store.get_setting("active_version") == "v2"
+    assert store.round(second)["dataset_size"] == 2
+    assert store.require_version("v2")["card"]["parent"] == "v1"
+
+
+def test_refusals_change_nothing(tiny_v0):
+    from train.config import RoundConfig
+    from train.rounds import create_round
+
+    store = tiny_v0
+    with pytest.raises(StoreError, match="no new preference rows"):
+        create_round(store, RoundConfig())
+    store.set_setting("min_new_pairs", 10)
+    add_judged_pairs(store, 3)
+    with pytest.raises(StoreError, match=r"need 7 more pairs \(have 3 of 10\)"):
+        create_round(store, RoundConfig())
+    with pytest.raises(StoreError, match="learning_rate must be in"):
+        create_round(store, RoundConfig(learning_rate=5.0))
+    with pytest.raises(StoreError, match="method must be one of"):
+        create_round(store, RoundConfig(method="ppo"))
+    with pytest.raises(StoreError, match="full fine-tuning is not supported"):
+        create_round(store, RoundConfig(full_finetune=True))
+    assert store.list_rounds() == [] and state_of(store) == ("v0", ["v0"])
+
+
+def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
+    import trl
+
+    from train.rounds import run_round
+
+    store = ready_store(tiny_v0)
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("simulated trainer crash")
+
+    monkeypatch.setattr(trl.DPOTrainer, "train", boom)
+    round_id = new_round(store)
+    with pytest.raises(StoreError, match="simulated trainer crash"):
+        run_round(store, round_id)
+    failed = store.round(round_id)
+    assert failed["status"] == "failed" and "RuntimeError: simulated trainer crash" in failed["error"]
+    assert state_of(store) == ("v0", ["v0"])
+    with pytest.raises(StoreError, match="not pending"):
+        run_round(store, round_id)
+    monkeypatch.undo()
+    result = run_round(store, new_round(store))
+    assert result["version"] == "v1"
+
+
+def test_sigkill_child_is_reaped(tiny_v0):
+    """A real child process, killed mid-round: failed, nothing listed, the next round works."""
+    from train.rounds import reap_dead_rounds, run_round, start_round, wait_round
+
+    store = ready_store(tiny_v0)
+    round_id = start_round(store, fast_config(max_steps=400))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = store.round(round_id)
+        if current["status"] == "running" and current["progress"] > 0.05:
+            break
+        assert current["status"] in ("pending", "running"), current
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the child never reported progress: {store.round(round_id)}")
+    os.killpg(current["pid"], signal.SIGKILL)
+    final = wait_round(store, round_id, timeout=30, poll_s=0.2)
+    assert final["status"] == "failed" and final["error"] == "the training process died (killed or crashed)"
+    assert reap_dead_rounds(store) == []
+    assert state_of(store) == ("v0", ["v0"])
+    assert store.integrity_check() == "ok"
+    result = run_round(store, new_round(store))
+    assert result["version"] == "v1"
+
+
+def test_child_process_round_finishes(tiny_v0):
+    from train.rounds import start_round, wait_round
+
+    store = ready_store(tiny_v0)
+    round_id = start_round(store, fast_config())
+    seen = []
+    final = wait_round(store, round_id, timeout=150, poll_s=0.5, on_progress=lambda r: seen.append(r["progress"]))
+    assert final["status"] in ("promoted", "trained"), final
+    assert final["new_version_id"] and seen[-1] == 1.0
+    log = (store.path.parent / "rounds" / str(round_id) / "log.txt").read_text()
+    assert '"round_id"' in log
+
+
+def test_one_round_at_a_time(tiny_v0):
+    from train.rounds import create_round
+
+    store = ready_store(tiny_v0)
+    new_round(store)
+    with pytest.raises(StoreError, match="still pending"):
+        create_round(store, fast_config())
+
+
+def test_auto_train_starts_after_enough_judgments(tiny_v0, monkeypatch):
+    from train import rounds
+
+    store = ready_store(tiny_v0, heldout=0)
+    started = []
+    monkeypatch.setattr(rounds, "start_round", lambda s, c: started.append(c) or 99)
+    assert rounds.maybe_auto_train(store) is None  # off by default
+    store.set_setting("auto_train_every", 5)
+    assert rounds.maybe_auto_train(store) == 99
+    store.set_setting("auto_train_every", 50)
+    assert rounds.maybe_auto_train(store) is None
+
+
+def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, capsys):
+    """`accelerate launch -m train --round ID` sets these on a single CPU process."""
+    from train.__main__ import main, make_parser
+
+    store = ready_store(tiny_v0, heldout=0)
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "ACCELERATE_MIXED_PRECISION": "no",
+                       "ACCELERATE_USE_CPU": "true", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}.items():
+        monkeypatch.setenv(key, value)
+    assert make_parser().parse_args(["--round", "3"]).round_id == 3
+    round_id = new_round(store)
+    assert main(["--round", str(round_id)]) == 0
+    assert store.round(round_id)["new_version_id"]
+    assert main(["--config-json", "{not json"]) == 1
+    assert "not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""Simulated judges, loading them, and the unattended loop end to end on the tiny model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from evaluate import judges
+from evaluate.judges import JudgeError
+
+LIST = "Here you go:\n- first\n- second\n- third"
+PROSE = "Here you go: first, then second, and third, all in one sentence for you."
+
+
+def test_concise_prefers_shorter_with_a_tie_margin():
+    assert judges.concise("q", "short", "a much, much longer answer") == "a"
+    assert judges.concise("q", "a much, much longer answer", "short") == "b"
+    assert judges.concise("q", "twelve chars", "thirteen char") == "tie"
+    assert judges.concise("q", "", "anything") == "b"  # empty is missing, not concise
+    assert judges.concise("q", " ", "") == "both_bad"
+
+
+def test_verbose_listy_polite():
+    assert judges.verbose("q", "short", "a much, much longer answer") == "b"
+    assert judges.listy("q", PROSE, LIST) == "b"
+    assert judges.listy("q", LIST, LIST) == "tie"
+    assert judges.has_list("1. one\n2. two") and not judges.has_list("- only one")
+    assert judges.polite("q", "Thank you for asking! Happy to help.", "Fine.") == "a"
+
+
+def test_noisy_flips_about_the_right_share():
+    rng = random.Random(0)
+    judge = judges.noisy(judges.concise, 0.3, rng)
+    votes = [judge("q", "short", "a much, much longer answer") for _ in range(4000)]
+    changed = sum(v != "a" for v in votes) / len(votes)
+    assert changed == pytest.approx(0.3 * 3 / 4, abs=0.03)  # a random pick is "a" 1/4 of the time
+    assert judges.noisy(judges.concise, 0.0)("q", "x", "a much longer one") == "a"
+    with pytest.raises(JudgeError, match="between 0 and 1"):
+        judges.noisy(judges.concise, 1.5)
+
+
+def test_load_judge():
+    assert judges.load_judge("evaluate.judges:concise") is judges.concise
+    for spec, message in [("concise", "module:function"), ("no_such_module_xyz:f", "cannot import"),
+                          ("evaluate.judges:missing", "has no"), ("evaluate.judges:TIE_MARGIN_CHARS", "not callable"),
+                          (":concise", "module:function")]:
+        with pytest.raises(JudgeError, match=message):
+            judges.load_judge(spec)
+
+
+def test_checked_choice_rejects_bad_answers():
+    with pytest.raises(JudgeError, match="must return one of"):
+        judges.checked_choice(lambda p, a, b: "left", "q", "a", "b")
+
+
+def _prompts(store, train: int, heldout: int) -> None:
+    store.add_prompts(
+        [{"text": f"Tell me something about topic {i}.", "split": "train"} for i in range(train)]
+        + [{"text": f"Explain idea number {i}.", "split": "heldout"} for i in range(heldout)]
+    )
+
+
+def test_simulation_refuses_without_a_model_or_prompts(store):
+    from annotate.store import StoreError
+    from evaluate.simulate import SimulationConfig, run_simulation
+
+    with pytest.raises(StoreError, match="prefloop init"):
+        run_simulation(store, SimulationConfig(rounds=1), progress=False)
+    with pytest.raises(StoreError, match="rounds must be"):
+        SimulationConfig(rounds=0).validate()
+
+
+def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
+    pytest.importorskip("annotate.sampler", reason="annotate/sampler.py not written yet")
+    pytest.importorskip("train.rounds", reason="train/rounds.py not written yet")
+    from evaluate.simulate import SimulationConfig, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=10, heldout=6)
+    config = SimulationConfig(
+        rounds=2, pairs_per_round=8, eval_prompts=6, max_new_tokens=12, epochs=1.0,
+        learning_rate=1e-3, seed=3, bootstrap=200,
+    )
+    result = run_simulation(store, config, progress=False, log=lambda m: None)
+    assert [r["version"] for r in result["rounds"]] == ["v1", "v2"]
+    for r in result["rounds"]:
+        assert 0.0 <= r["ci_low"] <= r["win_rate_vs_v0"] <= r["ci_high"] <= 1.0
+        assert r["pairs"] > 0 and r["battles"] == 6 and r["seconds"] > 0
+        assert r["mean_words"] is not None
+    assert store.active_version()["name"] == "v2"
+    # lineage is real: every vote belongs to the simulated annotator and names its pair
+    voter = store.annotator_by_name("sim-concise")
+    judgments = store.judgments()
+    assert judgments and {j["annotator_id"] for j in judgments} == {voter["id"]}
+    arena_votes = [j for j in judgments if j["purpose"] == "arena"]
+    assert len(arena_votes) == 12 and all({j["version_a"], j["version_b"]} & {"v0"} for j in arena_votes)
+    rounds = store.list_rounds()
+    assert [r["status"] for r in rounds] == ["promoted" if r["status"] == "promoted" else "trained" for r in rounds]
+    assert store.version("v2")["parent_id"] == store.version("v1")["id"]

@@ -1,0 +1,219 @@
+"""Judgments -> preference rows that TRL trains on, plus snapshots and exports.
+
+Rules (one place, so a dataset can be explained from its judgments):
+
+* Split. Judgments on pairs whose prompt is held-out never become training rows; ``split=
+  "heldout"`` returns those, for evaluation only.
+* Which pairs. Training uses ``train`` and ``live`` pairs. ``arena`` pairs (version-vs-version
+  battles) are evaluation data and are left out of training; ``gold`` pairs are quality checks on
+  annotators (their answer is known in advance and they are shown to many people), so they are
+  left out too, rather than weighted by how often they were served. The held-out split includes
+  arena judgments: a human preference on a held-out prompt is exactly what accuracy is measured on.
+* Several votes on one pair: the plurality choice among a / b / tie / both_bad wins; a row is
+  made only when a or b wins outright (a draw for first place, tie or both_bad winning: no row).
+* A better answer written by anyone, with any vote, becomes ``chosen`` against each of the two
+  responses (two rows). This is how a both_bad pair can still teach something.
+
+Rows are TRL's conversational format: ``prompt`` is a list of messages, ``chosen``/``rejected``
+a one-message assistant list. Each row also carries lineage keys (``pair_id``, ``prompt_id``,
+``judgment_ids``, ``source``, ...). TRL's DPOTrainer drops unknown columns after tokenising, but
+ORPO's collator keeps them, so :func:`training_columns` strips them before a trainer sees them;
+the snapshot saved in the round folder keeps everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from annotate.store import SPLITS, Store, StoreError
+
+TRAIN_PURPOSES = ("train", "live")
+HELDOUT_PURPOSES = ("train", "live", "arena")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+TRL_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+class DatasetError(StoreError):
+    """The dataset cannot be built or written; the message says why."""
+
+
+def build_preference_rows(store: Store, since_judgment_id: int = 0, split: str = "train") -> list[dict]:
+    """Preference rows from judgments newer than ``since_judgment_id`` on prompts of ``split``."""
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    purposes = TRAIN_PURPOSES if split == "train" else HELDOUT_PURPOSES
+    by_pair: dict[int, list[dict]] = defaultdict(list)
+    for judgment in store.judgments(since_id=since_judgment_id, purposes=purposes):
+        if judgment["split"] == split:
+            by_pair[judgment["pair_id"]].append(judgment)
+    rows: list[dict] = []
+    for pair_id in sorted(by_pair):
+        rows.extend(_rows_for_pair(by_pair[pair_id]))
+    return rows
+
+
+def _rows_for_pair(votes: list[dict]) -> list[dict]:
+    first = votes[0]
+    prompt = prompt_messages(first)
+    lineage = {
+        "pair_id": first["pair_id"],
+        "prompt_id": first["prompt_id"],
+        "purpose": first["purpose"],
+        "version_a": first["version_a"],
+        "version_b": first["version_b"],
+    }
+    rows = []
+    winner = _plurality([v["choice"] for v in votes])
+    if winner in ("a", "b"):
+        chosen, rejected = ("text_a", "text_b") if winner == "a" else ("text_b", "text_a")
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": _assistant(first[chosen]),
+                "rejected": _assistant(first[rejected]),
+                **lineage,
+                "source": f"vote:{winner}",
+                "judgment_ids": [v["id"] for v in votes],
+            }
+        )
+    seen: set[str] = set()
+    for vote in votes:
+        better = (vote.get("better_answer") or "").strip()
+        if not better or better in seen:
+            continue
+        seen.add(better)
+        for side in ("text_a", "text_b"):
+            if first[side].strip() == better:
+                continue  # "better than itself" teaches nothing
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": _assistant(better),
+                    "rejected": _assistant(first[side]),
+                    **lineage,
+                    "source": f"better_answer_vs_{side[-1]}",
+                    "judgment_ids": [vote["id"]],
+                }
+            )
+    return rows
+
+
+def _plurality(choices: Iterable[str]) -> str | None:
+    counts = Counter(choices).most_common()
+    if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
+        return None
+    return counts[0][0]
+
+
+def prompt_messages(judgment: dict) -> list[dict]:
+    """The prompt as chat messages: stored messages when the prompt has them, else one user turn."""
+    messages = judgment.get("prompt_messages")
+    if isinstance(messages, str) and messages:
+        messages = json.loads(messages)
+    if messages:
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return [{"role": "user", "content": judgment["prompt"]}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def training_columns(rows: list[dict]) -> list[dict]:
+    """Only the columns a TRL trainer should see."""
+    return [{k: row[k] for k in TRL_COLUMNS} for row in rows]
+
+
+def dataset_hash(rows: list[dict]) -> str:
+    """sha256 of what is trained on (prompt, chosen, rejected, in order): same data, same hash."""
+    digest = hashlib.sha256()
+    for row in training_columns(rows):
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def judgment_range(rows: list[dict]) -> list[int] | None:
+    ids = [j for row in rows for j in row.get("judgment_ids", [])]
+    return [min(ids), max(ids)] if ids else None
+
+
+def save_snapshot(rows: list[dict], folder: Path) -> tuple[Path, str]:
+    """Write ``dataset.jsonl`` and ``dataset.sha256`` into a round folder; returns (path, hash)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = dataset_hash(rows)
+    path = folder / "dataset.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    (folder / "dataset.sha256").write_text(f"{digest}  dataset.jsonl\n")
+    return path, digest
+
+
+def load_snapshot(path: Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+def plain_rows(rows: list[dict], tokenizer=None) -> list[dict]:
+    """Plain-text rows: the prompt rendered with the chat template when a tokenizer is given,
+    else the last user message; chosen/rejected as strings. Lineage keys are kept."""
+    out = []
+    for row in rows:
+        if tokenizer is not None:
+            prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = row["prompt"][-1]["content"]
+        out.append(
+            {**row, "prompt": prompt, "chosen": row["chosen"][0]["content"], "rejected": row["rejected"][0]["content"]}
+        )
+    return out
+
+
+def check_export_target(out: str | Path) -> Path:
+    """Refuse a non-empty existing target and explain a missing parent folder."""
+    target = Path(out).expanduser().resolve()
+    if not target.parent.exists():
+        raise DatasetError(f"the folder {target.parent} does not exist; create it first")
+    if target.exists():
+        if target.is_dir() and any(target.iterdir()):
+            raise DatasetError(f"{target} exists and is not empty; choose a new path")
+        if target.is_file() and target.stat().st_size > 0:
+            raise DatasetError(f"{target} exists and is not empty; choose a new path")
+    return target
+
+
+def export_rows(
+    store: Store, out: str | Path, fmt: str = "jsonl", split: str = "train", conversational: bool = True
+) -> tuple[Path, int]:
+    """Write every preference row of a split; returns (path, row count)."""
+    if fmt not in EXPORT_FORMATS:
+        raise DatasetError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    target = check_export_target(out)
+    rows = build_preference_rows(store, split=split)
+    if not conversational:
+        rows = plain_rows(rows)
+    if fmt == "jsonl":
+        with target.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return target, len(rows)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in TRL_COLUMNS})
+    if fmt == "parquet":
+        dataset.to_parquet(str(target))
+    else:
+        if target.exists():
+            target.rmdir()  # save_to_disk wants to create it; we checked it is empty
+        dataset.save_to_disk(str(target))
+    return target, len(rows)

@@ -1,0 +1,318 @@
+"""Sampling responses from a model version: batched, seeded, reproducible, streamable.
+
+Why a small decode loop of our own instead of ``model.generate``: ``generate`` draws every row's
+tokens from one global RNG, so a response depends on which other prompts shared its batch. Here
+each row owns a ``torch.Generator`` seeded with that row's seed, so the same (model, prompt,
+settings, seed) gives the same text whether it was sampled alone or in a batch of 32 (up to float
+rounding of batched matmuls, which in practice almost never changes a token). The loop keeps a KV
+cache, left-pads prompts, and drops finished rows from the batch, so it is as fast as
+``generate`` (see bench/sampling.py for measured numbers).
+
+    params = SamplingParams(temperature=0.7, max_new_tokens=64)
+    outs = generate(model, tokenizer, [[{"role": "user", "content": "Hi"}]], params, seeds=[1])
+    for partial in stream(model, tokenizer, [{"role": "user", "content": "Hi"}], params, seed=1):
+        print(partial)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from annotate.store import StoreError
+
+
+class SamplingError(StoreError):
+    """Bad sampling settings or inputs; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How responses are sampled. Stored as JSON on every generation row (``to_dict``)."""
+
+    temperature: float = field(
+        default=0.9, metadata={"help": "Softmax temperature; 0 means greedy (always the most likely token)."}
+    )
+    top_p: float = field(
+        default=0.95, metadata={"help": "Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."}
+    )
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "Hard cap on response length; hitting it gives finish_reason 'length'."}
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Divide the logits of already generated tokens by this (1.0 = off; 1.1 tames loops in tiny models)."},
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 5:
+            problems.append(f"temperature must be a number from 0 to 5, not {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be above 0 and at most 1, not {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 8192:
+            problems.append(f"max_new_tokens must be a whole number from 1 to 8192, not {self.max_new_tokens!r}")
+        if not isinstance(self.repetition_penalty, (int, float)) or not 1 <= self.repetition_penalty <= 3:
+            problems.append(f"repetition_penalty must be from 1 to 3, not {self.repetition_penalty!r}")
+        if problems:
+            raise SamplingError("invalid sampling settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "SamplingParams":
+        """Build from stored settings; unknown keys are an error so typos do not pass silently."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SamplingError(
+                f"unknown sampling setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        """A copy with some fields changed; ``None`` values are ignored (handy for CLI options)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class Generated:
+    """One sampled response and the numbers stored with it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end-of-turn token) | "length" (hit max_new_tokens)
+    latency_ms: float  # from the start of its batch to this row's last token
+    seed: int = 0
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def generate(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    params: SamplingParams | None = None,
+    seeds: list[int] | None = None,
+    batch_size: int = 16,
+) -> list[Generated]:
+    """Sample one response per conversation, ``batch_size`` rows per forward pass.
+
+    Rows are sorted by prompt length before batching (less padding); results come back in the
+    input order. Row i uses ``seeds[i]``; repeat a conversation with different seeds to get
+    several responses to one prompt.
+    """
+    params = params or SamplingParams()
+    seeds = list(seeds) if seeds is not None else list(range(len(conversations)))
+    if len(seeds) != len(conversations):
+        raise SamplingError(f"got {len(conversations)} conversations but {len(seeds)} seeds")
+    if batch_size < 1:
+        raise SamplingError(f"batch_size must be at least 1, not {batch_size}")
+    prompts = [encode_conversation(tokenizer, c) for c in conversations]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generated | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        decoding = Decoding(model, tokenizer, [prompts[i] for i in chunk], params, [seeds[i] for i in chunk])
+        for _ in decoding:
+            pass
+        for i, generated in zip(chunk, decoding.results()):
+            results[i] = generated
+    return results  # type: ignore[return-value]
+
+
+def stream(model, tokenizer, messages: list[dict], params: SamplingParams | None = None, seed: int = 0) -> Iterator[str]:
+    """Yield the response decoded so far after every new token (same text as ``generate``)."""
+    for texts in stream_batch(model, tokenizer, [messages], params, [seed]):
+        yield texts[0]
+
+
+def stream_batch(
+    model, tokenizer, conversations: list[list[dict]], params: SamplingParams | None, seeds: list[int]
+) -> Iterator[list[str]]:
+    """Several responses decoded together; yields every row's text so far after each step.
+
+    The generator's return value (``StopIteration.value``, or ``yield from``) is the list of
+    ``Generated`` results, so a caller can stream and still store token counts and latency.
+    """
+    prompts = [encode_conversation(tokenizer, c) for c in conversations]
+    decoding = Decoding(model, tokenizer, prompts, params or SamplingParams(), list(seeds))
+    for _ in decoding:
+        yield decoding.texts()
+    return decoding.results()
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat with the assistant turn opened (the model's own chat template)."""
+    if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        raise SamplingError("a conversation must be a non-empty list of {'role', 'content'} messages")
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(encoded, "keys") and "input_ids" in encoded:  # transformers 5 returns a BatchEncoding
+        encoded = encoded["input_ids"]
+    return list(encoded)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a turn: the tokenizer's eos, the model's eos and <|im_end|>-like tokens."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            ids.add(token_id)
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# the decode loop
+# --------------------------------------------------------------------------------------------
+class Decoding:
+    """One batch being decoded. Iterate to advance one token per step for every live row."""
+
+    def __init__(self, model, tokenizer, prompts: list[list[int]], params: SamplingParams, seeds: list[int]):
+        import torch
+
+        if not prompts:
+            raise SamplingError("nothing to generate: no prompts given")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.params = params
+        self.seeds = [int(s) for s in seeds]
+        self.prompts = prompts
+        self.stops = stop_token_ids(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.generators = []
+        for seed in self.seeds:
+            g = torch.Generator(device="cpu")  # CPU draws: identical on every device
+            g.manual_seed(seed)
+            self.generators.append(g)
+        n = len(prompts)
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.finish: list[str | None] = [None] * n
+        self.latency_ms: list[float] = [0.0] * n
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def texts(self) -> list[str]:
+        return [self._decode(t) for t in self.tokens]
+
+    def results(self) -> list[Generated]:
+        return [
+            Generated(
+                text=self._decode(tokens),
+                prompt_tokens=len(prompt),
+                completion_tokens=len(tokens),
+                finish_reason=finish or "length",
+                latency_ms=round(latency, 1),
+                seed=seed,
+                token_ids=tokens,
+            )
+            for tokens, prompt, finish, latency, seed in zip(
+                self.tokens, self.prompts, self.finish, self.latency_ms, self.seeds
+            )
+        ]
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def __iter__(self) -> Iterator[None]:
+        import torch
+        from transformers import DynamicCache
+
+        started = time.perf_counter()
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else next(iter(self.stops), 0)
+        width = max(len(p) for p in self.prompts)
+        n = len(self.prompts)
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, prompt in enumerate(self.prompts):  # left padding: every row ends at the same column
+            input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
+        cache = DynamicCache(config=self.model.config)
+        alive = list(range(n))  # batch row -> result index
+        with torch.inference_mode():
+            for _step in range(self.params.max_new_tokens):
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kwarg: cache},
+                )
+                logits = out.logits[:, -1, :].float().cpu()
+                chosen = self._pick(logits, alive)
+                elapsed = (time.perf_counter() - started) * 1000
+                keep = []
+                for row, (index, token) in enumerate(zip(alive, chosen)):
+                    self.latency_ms[index] = elapsed
+                    if token in self.stops:
+                        self.finish[index] = "stop"
+                    else:
+                        self.tokens[index].append(token)
+                        keep.append(row)
+                yield None
+                if not keep:
+                    break
+                if len(keep) < len(alive):  # finished rows leave the batch and the cache
+                    select = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(select)
+                    mask = mask[select]
+                    positions = positions[select]
+                    alive = [alive[row] for row in keep]
+                    chosen = [chosen[row] for row in keep]
+                input_ids = torch.tensor(chosen, dtype=torch.long, device=self.device).unsqueeze(1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+        for index in alive:
+            if self.finish[index] is None:
+                self.finish[index] = "length"
+
+    def _pick(self, logits, alive: list[int]) -> list[int]:
+        """Next token of every live row; each row draws with its own generator."""
+        import torch
+
+        params = self.params
+        if params.repetition_penalty != 1.0:
+            logits = logits.clone()
+            for row, index in enumerate(alive):
+                if self.tokens[index]:
+                    seen = torch.tensor(sorted(set(self.tokens[index])), dtype=torch.long)
+                    values = logits[row, seen]
+                    logits[row, seen] = torch.where(
+                        values > 0, values / params.repetition_penalty, values * params.repetition_penalty
+                    )
+        if params.temperature == 0:
+            return [int(t) for t in torch.argmax(logits, dim=-1)]
+        scores = logits / params.temperature
+        if params.top_p < 1:
+            # nucleus: drop tokens once the probability mass before them has reached top_p
+            sorted_scores, sorted_ids = torch.sort(scores, dim=-1, descending=True)
+            sorted_probs = torch.softmax(sorted_scores, dim=-1)
+            mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            drop_sorted = mass_before >= params.top_p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_ids, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        # Gumbel-max: argmax(scores + Gumbel noise) is an exact draw from softmax(scores). Unlike
+        # inverse-CDF sampling it is stable under float rounding (the top two noisy scores are
+        # almost never within 1e-6), which is what makes a row's text independent of its batch.
+        chosen = []
+        for row, index in enumerate(alive):
+            uniform = torch.rand(scores.shape[-1], generator=self.generators[index])
+            gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
+            chosen.append(int(torch.argmax(scores[row] + gumbel)))
+        return chosen

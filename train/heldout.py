@@ -1,0 +1,99 @@
+"""Held-out preference accuracy: does a version's implicit reward agree with people?
+
+DPO's implicit reward of a response is ``r(x, y) = log p_version(y | x) - log p_reference(y | x)``
+(up to beta). A version "agrees" with a held-out judgment when r(chosen) > r(rejected); accuracy
+is the share of rows where it does. The reference defaults to the version's parent, which makes
+the number answer "did this round move the model towards what people prefer?". For the base
+version (no parent) and no explicit reference, the question has no meaning: we return None
+rather than a misleading 0 or 1 (comparing a model with itself gives r = 0 everywhere).
+Ties (equal rewards) count as disagreement.
+"""
+
+from __future__ import annotations
+
+from annotate.store import Store
+
+MAX_LENGTH = 512  # same as the rounds' default: longer held-out answers are truncated, not dropped
+
+
+def preference_accuracy(
+    store: Store,
+    version: str,
+    rows: list[dict],
+    reference: str | None = None,
+    *,
+    batch_size: int = 8,
+    max_length: int = MAX_LENGTH,
+) -> float | None:
+    """Share of rows where the version's implicit reward prefers ``chosen``; None if undefined."""
+    from train import models
+
+    if not rows:
+        return None
+    if reference is None:
+        row = store.require_version(version)
+        if not row["parent_id"]:
+            return None
+        reference = store.require_version(row["parent_id"])["name"]
+    if reference == version:
+        return None
+    policy, tokenizer = models.load_version(store, version)
+    policy_margin = reward_margins(policy, tokenizer, rows, batch_size=batch_size, max_length=max_length)
+    ref_model, _ = models.load_version(store, reference)
+    ref_margin = reward_margins(ref_model, tokenizer, rows, batch_size=batch_size, max_length=max_length)
+    wins = sum(1 for p, r in zip(policy_margin, ref_margin) if p - r > 0)
+    return wins / len(rows)
+
+
+def reward_margins(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) under one model, per row."""
+    chosen = sequence_logps(model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows], batch_size, max_length)
+    rejected = sequence_logps(model, tokenizer, [(r["prompt"], r["rejected"]) for r in rows], batch_size, max_length)
+    return [c - r for c, r in zip(chosen, rejected)]
+
+
+def sequence_logps(model, tokenizer, examples, batch_size: int = 8, max_length: int = MAX_LENGTH) -> list[float]:
+    """Summed log-probability of each completion given its prompt (chat template applied), no grad."""
+    import torch
+
+    encoded = [_encode(tokenizer, prompt, completion, max_length) for prompt, completion in examples]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                batch = encoded[start : start + batch_size]
+                width = max(len(ids) for ids, _ in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                scored = torch.zeros((len(batch), width), dtype=torch.bool)
+                for i, (ids, prompt_len) in enumerate(batch):
+                    input_ids[i, : len(ids)] = torch.tensor(ids)
+                    attention[i, : len(ids)] = 1
+                    scored[i, prompt_len : len(ids)] = True
+                input_ids, attention, scored = input_ids.to(device), attention.to(device), scored.to(device)
+                logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+                targets = input_ids[:, 1:]
+                token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                out.extend((token_logps * scored[:, 1:]).sum(-1).tolist())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _encode(tokenizer, prompt: list[dict], completion: list[dict], max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts (at least 1 token in)."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    common = 0
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        common += 1
+    common = max(1, common)
+    return full_ids[:max_length], min(common, max_length - 1)

@@ -1,0 +1,540 @@
+"""One training round: judgments -> LoRA adapter (DPO or ORPO) -> candidate version -> gate.
+
+The life of a round, in the order the code below runs it:
+
+1. ``start_round`` (app or CLI): check the config and the readiness gate (enough new preference
+   rows), insert the round row (``pending``), spawn ``python -m train --round ID`` in its own
+   process group with output to ``rounds/<id>/log.txt``, and record its pid. The app never trains
+   in its own process, so a crash or a kill in training cannot take the annotators down.
+2. ``run_round`` (the child): snapshot the dataset (JSONL + sha256) into the round folder, load a
+   fresh copy of the parent (never the shared cached one), wrap it in a LoRA adapter and train
+   with TRL. With PEFT and ``ref_model=None`` DPO's reference is the adapter-disabled model, i.e.
+   exactly the parent. Progress, per-step metrics and a heartbeat go to the database as they
+   happen. The held-out preference accuracy is measured on the trained adapter before anything is
+   written, then the adapter is registered atomically as a ``candidate`` version whose card names
+   its parent, method, config, data hash and size, judgment ids and metrics.
+3. Gate: the candidate is promoted when its held-out accuracy reaches the setting
+   ``promotion_min_accuracy`` and its parent is still the active version. With no held-out
+   judgments there is nothing to measure: the round records "no held-out judgments" and promotes
+   only when ``promotion_min_accuracy`` is 0 (a maintainer who sets 0 opts out of the gate);
+   otherwise the candidate waits for a maintainer (``prefloop rounds promote ID``).
+4. Any exception marks the round ``failed`` with a readable reason; the active version is never
+   touched before step 3 and no version is listed before its files are complete. A child that is
+   killed outright (SIGKILL, OOM killer) cannot say so itself: ``reap_dead_rounds`` notices that
+   its pid is gone or its heartbeat stopped, and marks the round failed.
+
+Which judgments a round learns from: those newer than the judgment range of the round that made
+the parent (iterative DPO trains each version on pairs sampled from it); a parent that came from
+no round (v0) learns from all of them. ``all_judgments=True`` uses every train judgment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import datetime as dt
+from pathlib import Path
+from typing import Callable
+
+from annotate.store import Store, StoreError, now, prefloop_home
+from train.config import RoundConfig
+from train.dataset import build_preference_rows, judgment_range, save_snapshot, training_columns
+
+ACTIVE_STATUSES = ("pending", "running")
+FINISHED_STATUSES = ("failed", "trained", "promoted", "rejected")
+HEARTBEAT_S = 10  # the child writes a heartbeat this often, from a thread, even while loading
+STALE_AFTER_S = 180  # no heartbeat for this long: the process is gone, frozen, or its pid reused
+DIED_MESSAGE = "the training process died (killed or crashed)"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_children: dict[int, subprocess.Popen] = {}  # rounds this process spawned, to reap zombies
+
+
+class RoundError(StoreError):
+    """A round cannot start, or failed; the message says why."""
+
+
+def round_dir(round_id: int) -> Path:
+    return prefloop_home() / "rounds" / str(round_id)
+
+
+# --------------------------------------------------------------------------------------------
+# readiness and starting
+# --------------------------------------------------------------------------------------------
+def data_start(store: Store, parent: str, config: RoundConfig) -> int:
+    """Judgment id after which this round's data begins (see the module docstring)."""
+    if config.all_judgments:
+        return 0
+    for version in reversed(store.version_chain(parent)):
+        span = version["card"].get("judgment_id_range")
+        if span:
+            return int(span[1])
+    return 0
+
+
+def readiness(store: Store, config: RoundConfig | None = None) -> dict:
+    """How many new preference rows there are for the active version, and how many are needed."""
+    config = config or RoundConfig()
+    active = store.active_version()
+    if active is None:
+        raise RoundError("no active model version: run `prefloop init` (or create v0) first")
+    since = data_start(store, active["name"], config)
+    have = len(build_preference_rows(store, since_judgment_id=since))
+    need = config.min_new_pairs if config.min_new_pairs is not None else int(store.get_setting("min_new_pairs"))
+    return {"parent": active["name"], "since_judgment_id": since, "have": have, "need": need, "ready": have >= max(need, 1)}
+
+
+def create_round(store: Store, config: RoundConfig) -> int:
+    """Validate, apply the gate and insert a ``pending`` round; nothing else changes on refusal."""
+    config.validate()
+    reap_dead_rounds(store)
+    busy = [r for r in store.list_rounds() if r["status"] in ACTIVE_STATUSES]
+    if busy:
+        raise RoundError(f"round {busy[0]['id']} is still {busy[0]['status']}; wait for it to finish")
+    state = readiness(store, config)
+    if state["have"] == 0:
+        raise RoundError(
+            f"no new preference rows to train {state['parent']} on: judge some pairs first "
+            f"(ties and both-bad votes without a better answer do not count)"
+        )
+    if state["have"] < state["need"]:
+        raise RoundError(
+            f"need {state['need'] - state['have']} more pairs (have {state['have']} of {state['need']}); "
+            f"lower the min_new_pairs setting to train sooner"
+        )
+    parent = store.require_version(state["parent"])
+    round_id = store.create_round(config.method, parent["id"], config.to_dict())
+    store.update_round(round_id, metrics={"judgment_watermark": store.latest_judgment_id()})
+    return round_id
+
+
+def start_round(store: Store, config: RoundConfig) -> int:
+    """Create a round and train it in a child process (``python -m train --round ID``)."""
+    round_id = create_round(store, config)
+    folder = round_dir(round_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFLOOP_HOME": str(prefloop_home()), "PYTHONUNBUFFERED": "1"}
+    try:
+        with (folder / "log.txt").open("ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "train", "--round", str(round_id)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(REPO_ROOT),
+                start_new_session=True,  # own process group: killpg stops it and only it
+            )
+    except OSError as error:
+        store.update_round(round_id, status="failed", error=f"could not start the training process: {error}", finished_at=now())
+        raise RoundError(f"could not start the training process: {error}") from error
+    _children[child.pid] = child
+    store.update_round(round_id, pid=child.pid)
+    return round_id
+
+
+def maybe_auto_train(store: Store) -> int | None:
+    """Start a round when ``auto_train_every`` > 0 judgments arrived since the last round began.
+
+    Called by the app after each vote; never raises (a vote must not fail because of training).
+    """
+    try:
+        every = int(store.get_setting("auto_train_every") or 0)
+        if every <= 0:
+            return None
+        rounds = store.list_rounds()
+        if any(r["status"] in ACTIVE_STATUSES for r in rounds):
+            return None
+        watermark = int(rounds[-1]["metrics"].get("judgment_watermark", 0)) if rounds else 0
+        if store.count_judgments_since(watermark) < every:
+            return None
+        return start_round(store, RoundConfig())
+    except StoreError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# dead children
+# --------------------------------------------------------------------------------------------
+def reap_dead_rounds(store: Store) -> list[int]:
+    """Mark pending/running rounds whose process is gone (or silent too long) as failed."""
+    reaped = []
+    for r in store.list_rounds():
+        if r["status"] not in ACTIVE_STATUSES:
+            continue
+        last_sign = r.get("heartbeat_at") or r.get("started_at") or r["created_at"]
+        stale = _age_s(last_sign) > STALE_AFTER_S
+        if r["pid"] is None:
+            dead = stale  # created but never spawned (the spawner itself died)
+        else:
+            dead = not _pid_alive(r["pid"]) or stale
+        if not dead:
+            continue
+        store.update_round(r["id"], status="failed", error=DIED_MESSAGE, finished_at=now())
+        _withdraw_versions_of(store, r["id"])
+        reaped.append(r["id"])
+    return reaped
+
+
+def _withdraw_versions_of(store: Store, round_id: int) -> None:
+    """A version registered by a round that then died is not trusted: mark it rejected."""
+    from train import models
+
+    active = store.active_version()
+    for version in store.list_versions():
+        if version["card"].get("round_id") == round_id and (not active or active["id"] != version["id"]):
+            if version["status"] != "rejected":
+                models.reject(store, version["name"])
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None  # also reaps the zombie
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _age_s(stamp: str) -> float:
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return 0.0
+    return (dt.datetime.now(dt.timezone.utc) - moment).total_seconds()
+
+
+def wait_round(
+    store: Store,
+    round_id: int,
+    timeout: float | None = None,
+    poll_s: float = 1.0,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Block until the round finishes (or its process dies); returns the final round row."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        reap_dead_rounds(store)
+        current = store.round(round_id)
+        if current is None:
+            raise RoundError(f"no round {round_id}")
+        if on_progress:
+            on_progress(current)
+        if current["status"] not in ACTIVE_STATUSES:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise RoundError(f"round {round_id} is still {current['status']} after {timeout:.0f} s")
+        time.sleep(poll_s)
+
+
+# --------------------------------------------------------------------------------------------
+# the body of a round
+# --------------------------------------------------------------------------------------------
+def is_main_process() -> bool:
+    """Under ``accelerate launch`` every rank trains, but only rank 0 writes to the database."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_round(store: Store, round_id: int) -> dict:
+    """Train a pending round in this process; returns its summary. Raises RoundError on failure."""
+    current = store.round(round_id)
+    if current is None:
+        raise RoundError(f"no round {round_id}")
+    main = is_main_process()
+    if main and current["status"] != "pending":
+        raise RoundError(f"round {round_id} is {current['status']}, not pending; start a new round instead")
+    config = RoundConfig.from_dict(current["config"]).validate()
+    heartbeat = _Heartbeat(store, round_id) if main else None
+    if main:
+        store.update_round(round_id, status="running", started_at=now(), heartbeat_at=now(), pid=os.getpid(), progress=0.0)
+        heartbeat.start()
+    try:
+        summary = _train(store, current, config, main)
+    except BaseException as error:
+        reason = failure_reason(error, round_id)
+        traceback.print_exc()
+        if main:
+            if heartbeat:
+                heartbeat.stop()
+            store.update_round(round_id, status="failed", error=reason, finished_at=now())
+            _withdraw_versions_of(store, round_id)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise RoundError(f"round {round_id} failed: {reason}") from error
+    finally:
+        if heartbeat:
+            heartbeat.stop()
+    return summary
+
+
+def failure_reason(error: BaseException, round_id: int) -> str:
+    if isinstance(error, StoreError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "out of memory" in text.lower():
+        return f"out of memory while training ({text}); lower batch_size or max_length"
+    log = round_dir(round_id) / "log.txt"
+    return f"training crashed: {type(error).__name__}: {text} (details in {log})"
+
+
+class _Heartbeat:
+    """A thread that stamps the round every HEARTBEAT_S seconds while this process lives."""
+
+    def __init__(self, store: Store, round_id: int):
+        self.store, self.round_id = store, round_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"round-{round_id}-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.store.update_round(self.round_id, heartbeat_at=now())
+            except StoreError:
+                pass  # a busy database delays one beat; the stale limit is far longer
+
+
+def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict:
+    import torch
+
+    from train import models
+
+    round_id = current["id"]
+    parent = store.require_version(current["parent_version_id"])
+    started = time.monotonic()
+    since = data_start(store, parent["name"], config)
+    tokenizer = models.load_tokenizer(store, parent["name"])
+    rows, too_long = _fit_prompt_length(build_preference_rows(store, since_judgment_id=since), tokenizer, config)
+    if not rows:
+        raise RoundError(
+            "no preference rows to train on"
+            + (f" ({too_long} left out: prompts longer than max_prompt_length)" if too_long else "")
+        )
+    folder = round_dir(round_id)
+    _, digest = save_snapshot(rows, folder) if main else (None, None)
+    span = judgment_range(rows)
+    if main:
+        store.update_round(round_id, dataset_hash=digest, dataset_size=len(rows), progress=0.02)
+
+    device = models.default_device()
+    on_gpu = device.startswith("cuda")
+    torch.manual_seed(config.seed)
+    # A fresh copy: load_version's cached model is shared with the sampler and must not change.
+    model, _ = models._load_merged(store, parent["name"], device, torch.float32)
+    trainer = _make_trainer(model, tokenizer, training_columns(rows), config, folder, on_gpu, store, round_id, main)
+    output = trainer.train()
+    peft_model = trainer.model
+    if not main:
+        return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
+
+    store.update_round(round_id, progress=0.92)
+    heldout_rows = build_preference_rows(store, split="heldout")
+    accuracy = _adapter_accuracy(peft_model, tokenizer, heldout_rows, config.max_length) if heldout_rows else None
+    final = _last_values(store.round_metrics(round_id))
+    metrics = {
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "train_runtime_s": round(time.monotonic() - started, 1),
+        "final": final,
+        "heldout_accuracy": accuracy,
+        "heldout_rows": len(heldout_rows),
+        "left_out_long_prompts": too_long,
+        "judgment_id_range": span,
+        "judgment_watermark": current["metrics"].get("judgment_watermark"),
+    }
+    if accuracy is None:
+        metrics["heldout_note"] = "no held-out judgments"
+    card = {
+        "method": config.method,
+        "round_id": round_id,
+        "config": config.to_dict(),
+        "dataset_hash": digest,
+        "dataset_size": len(rows),
+        "judgment_id_range": span,
+        "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final", "heldout_accuracy", "heldout_rows")},
+    }
+    version = models.register_adapter_version(store, parent["name"], peft_model.save_pretrained, card)
+    store.update_round(round_id, new_version_id=version["id"], progress=0.97)
+
+    threshold = float(store.get_setting("promotion_min_accuracy"))
+    active = store.active_version()
+    still_parent = active is not None and active["id"] == parent["id"]
+    if accuracy is None:
+        passed = threshold <= 0
+    else:
+        passed = accuracy >= threshold
+    if passed and still_parent:
+        models.promote(store, version["name"])
+        status, verdict = "promoted", "promoted: passed the gate"
+    elif passed:
+        status, verdict = "trained", f"passed the gate, but {parent['name']} is no longer active: promote by hand"
+    else:
+        shown = "no held-out judgments" if accuracy is None else f"held-out accuracy {accuracy:.3f}"
+        status, verdict = "trained", f"awaiting a maintainer: {shown} < {threshold}"
+    metrics["gate"] = {"threshold": threshold, "passed": passed, "verdict": verdict}
+    store.update_round(round_id, status=status, metrics=metrics, progress=1.0, finished_at=now())
+    return {"round_id": round_id, "version": version["name"], "status": status, **metrics}
+
+
+def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tuple[list[dict], int]:
+    """Leave out rows whose templated prompt exceeds max_prompt_length (TRL would cut the answer)."""
+    kept = []
+    for row in rows:
+        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length:
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def _make_trainer(model, tokenizer, rows, config: RoundConfig, folder: Path, on_gpu: bool, store, round_id, main):
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",  # every attention and MLP projection (not the LM head)
+        task_type="CAUSAL_LM",
+    )
+    common = dict(
+        output_dir=str(folder / "trainer"),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        beta=config.beta,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=1,
+        save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
+        report_to="none",
+        disable_tqdm=True,  # progress goes to the database; the log file stays readable
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=on_gpu and _bf16_ok(),
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+    )
+    dataset = Dataset.from_list(rows)
+    callbacks = [_progress_callback(store, round_id)] if main else []
+    if config.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.nll_weight]} if config.nll_weight else {}
+        args = DPOConfig(**common, **loss)
+        # ref_model=None with a peft_config: the reference is the adapter-disabled model, the parent.
+        return DPOTrainer(
+            model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+            peft_config=peft_config, callbacks=callbacks,
+        )
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    args = ORPOConfig(**common)
+    return ORPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=callbacks,
+    )
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _progress_callback(store: Store, round_id: int):
+    """A TrainerCallback writing progress (training is 0.05-0.9 of a round) and every logged metric."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and state.max_steps:
+                fraction = min(1.0, state.global_step / state.max_steps)
+                store.update_round(round_id, progress=round(0.05 + 0.85 * fraction, 4), heartbeat_at=now())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            numeric = {
+                k: float(v) for k, v in logs.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+            }
+            if numeric:
+                store.add_round_metrics(round_id, state.global_step, numeric)
+
+    return ProgressCallback()
+
+
+def _adapter_accuracy(peft_model, tokenizer, rows: list[dict], max_length: int) -> float:
+    """Held-out accuracy of the trained adapter against its parent (the adapter switched off)."""
+    from train.heldout import reward_margins
+
+    policy = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
+    with peft_model.disable_adapter():
+        reference = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
+    return sum(1 for p, r in zip(policy, reference) if p - r > 0) / len(rows)
+
+
+def _last_values(metric_rows: list[dict]) -> dict[str, float]:
+    last: dict[str, float] = {}
+    for row in metric_rows:
+        last[row["name"]] = row["value"]
+    return last
+
+
+# --------------------------------------------------------------------------------------------
+# maintainer decisions on a finished round
+# --------------------------------------------------------------------------------------------
+def promote_round(store: Store, round_id: int) -> dict:
+    from train import models
+
+    current = _finished_with_version(store, round_id)
+    version = store.require_version(current["new_version_id"])
+    models.promote(store, version["name"])
+    store.update_round(round_id, status="promoted")
+    return store.round(round_id)
+
+
+def reject_round(store: Store, round_id: int) -> dict:
+    from train import models
+
+    current = _finished_with_version(store, round_id)
+    version = store.require_version(current["new_version_id"])
+    models.reject(store, version["name"])
+    store.update_round(round_id, status="rejected")
+    return store.round(round_id)
+
+
+def _finished_with_version(store: Store, round_id: int) -> dict:
+    current = store.round(round_id)
+    if current is None:
+        raise RoundError(f"no round {round_id}")
+    if current["status"] in ACTIVE_STATUSES:
+        raise RoundError(f"round {round_id} is still {current['status']}")
+    if not current["new_version_id"]:
+        raise RoundError(f"round {round_id} ({current['status']}) produced no version")
+    return current
