@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from annotate import auth
@@ -66,7 +66,6 @@ class Screen:
     progress: str = ""
     waiting: bool = False  # queue empty: poll until a pair arrives
     clear_inputs: bool = False  # reasons / comment / better answer belong to the last pair
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +182,6 @@ def undo(store: Store, token: str | None, pair: dict | None = None, rng=None) ->
     user = auth.require_role(store, token, "annotator")
     assignment = store.undo_last_judgment(user["id"])
     if assignment is None:
-        if pair:
-            return next_pair(store, token, "Nothing to undo.", rng=rng)
         return next_pair(store, token, "Nothing to undo.", rng=rng)
     return _pair_screen(store, user, assignment, "Undone: your last vote was removed; vote again.")
 
@@ -209,7 +206,7 @@ def live_prompt(
         if item and item[0] == "__done__":
             assignment = store.assignment(user["id"], int(item[1]))
             yield _pair_screen(
-                store, user, assignment, "Both responses are ready: vote as usual.", clear=True
+                store, user, assignment, "Both responses are ready (sides are shuffled): vote as usual.", clear=True
             )
             return
         text_a, text_b = item
@@ -311,8 +308,7 @@ KEYBOARD_JS = """
 APP_CSS = """
 .pf-panel { border: 1px solid var(--border-color-primary); border-radius: 8px;
   background: var(--background-fill-primary); }
-.pf-panel-title { font-weight: 600; font-size: 0.85em; text-transform: uppercase;
-  letter-spacing: 0.04em; padding: 6px 12px; border-bottom: 1px solid var(--border-color-primary);
+.pf-panel-title { font-weight: 600; padding: 6px 14px; border-bottom: 1px solid var(--border-color-primary);
   color: var(--body-text-color-subdued); }
 .pf-panel-body { padding: 4px 14px; overflow: auto; overflow-wrap: anywhere; }
 .pf-prompt .pf-panel-body { max-height: 240px; }
@@ -326,7 +322,9 @@ APP_CSS = """
 .pf-keys { color: var(--body-text-color-subdued); font-size: 0.9em; }
 .pf-keys kbd { border: 1px solid var(--border-color-primary); border-radius: 4px;
   padding: 0 5px; font-family: monospace; background: var(--background-fill-secondary); }
-#pf-signin { max-width: 420px; margin: 48px auto; }
+#pf-signin { max-width: 420px; margin: 64px auto; padding: 24px;
+  border: 1px solid var(--border-color-primary); border-radius: 12px; }
+#pf-message p { margin: 0; }
 """
 
 
@@ -341,8 +339,18 @@ def keyboard_head() -> str:
 
 
 def launch_options() -> dict[str, Any]:
-    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``)."""
-    return {"head": keyboard_head(), "css": APP_CSS + highlight_css()}
+    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``).
+
+    System fonts: the default theme fetches Google Fonts, which an offline or private
+    deployment cannot (and should not) reach.
+    """
+    import gradio as gr
+
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )
+    return {"head": keyboard_head(), "css": APP_CSS + highlight_css(), "theme": theme}
 
 
 def shortcuts_markdown() -> str:
@@ -361,7 +369,10 @@ def build_annotate_tab(store: Store, token_state) -> dict:
 
     pair_state = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=False)
-    progress = gr.Markdown(elem_id="pf-progress")
+    with gr.Row(equal_height=True):
+        progress = gr.Markdown(elem_id="pf-progress")
+        refresh = gr.Button("Refresh", elem_id="pf-refresh", size="sm", variant="secondary",
+                            scale=0, min_width=90)
     message = gr.Markdown(elem_id="pf-message")
     prompt_box = gr.HTML(elem_id="pf-prompt", js_on_load=None)
     with gr.Row(equal_height=True):
@@ -372,8 +383,8 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             side: gr.Button(label, elem_id=elem_id, variant="primary" if side in ("left", "right") else "secondary")
             for side, label, elem_id, _ in VOTE_BUTTONS
         }
-        skip_button = gr.Button(SKIP_BUTTON[0], elem_id=SKIP_BUTTON[1], variant="secondary", scale=0, min_width=110)
-        undo_button = gr.Button(UNDO_BUTTON[0], elem_id=UNDO_BUTTON[1], variant="secondary", scale=0, min_width=110)
+        skip_button = gr.Button(SKIP_BUTTON[0], elem_id=SKIP_BUTTON[1], variant="secondary", scale=0, min_width=130)
+        undo_button = gr.Button(UNDO_BUTTON[0], elem_id=UNDO_BUTTON[1], variant="secondary", scale=0, min_width=130)
     gr.HTML(shortcuts_markdown(), js_on_load=None)
     with gr.Accordion("Why? (optional: reasons, comment, a better answer)", open=False):
         reasons = gr.CheckboxGroup(list(REASON_TAGS), label="Reasons", elem_id="pf-reasons")
@@ -395,7 +406,6 @@ def build_annotate_tab(store: Store, token_state) -> dict:
                 elem_id="pf-live-text",
             )
             live_button = gr.Button("Generate", elem_id="pf-live-go", scale=1)
-    refresh = gr.Button("Refresh", elem_id="pf-refresh", size="sm", variant="secondary")
 
     screen_outputs = [pair_state, prompt_box, left_box, right_box, message, progress, timer,
                       reasons, comment, better]

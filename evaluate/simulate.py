@@ -7,7 +7,9 @@ on them as a real annotator account ("sim-<judge>", served and recorded through 
 lineage is the same as for people), train a round (DPO or ORPO) in this process, promote it, and
 then run blind battles of the new version against v0 on held-out prompts, judged by the same
 judge. The win rate against v0 (ties count half) is the headline number: a taste the judge has
-and the base model lacks should be learned within a few rounds.
+and the base model lacks should be learned within a few rounds. ``noise`` only touches the votes
+the rounds train on (a tired annotator); battles are judged noise-free, so the win rate measures
+how far the model moved towards the judge's taste rather than how noisy the evaluation was.
 
 Defaults are tuned for the concise judge on SmolLM2-135M on a CPU (see ``SimulationConfig``).
 """

@@ -43,6 +43,7 @@ def prepared_store() -> Store:
     version_id = store.add_version("v0", "base", "models/v0")
     store.set_active_version("v0")
     auth.create_user(store, "alice", PASSWORD, "annotator")
+    auth.create_user(store, "boss", PASSWORD, "maintainer")
     store.add_prompts([{"text": f"Question {i}: explain `x{i}`", "source": "test"} for i in range(4)])
     for prompt in store.list_prompts():
         i = prompt["id"]
@@ -86,7 +87,7 @@ def server(home):
     log.close()
 
 
-def shown_generation(store: Store, page, pair_ids_done: set[int]) -> dict:
+def shown_generation(store: Store, page) -> dict:
     """The pair on screen now, identified by the text in the left box."""
     left_text = page.locator("#pf-left").inner_text()
     rows = store.rows(
@@ -101,32 +102,57 @@ def wait_for_message(page, text: str) -> None:
     page.locator("#pf-message").get_by_text(text).wait_for(timeout=15_000)
 
 
+def sign_in(page, url: str, name: str) -> None:
+    page.goto(url)
+    page.locator("#pf-name input, #pf-name textarea").first.fill(name)
+    page.locator("#pf-password input").fill(PASSWORD)
+    page.locator("#pf-signin-button").click()
+    page.locator("#pf-left").get_by_text("answer").wait_for(timeout=15_000)
+
+
+def test_maintainer_sees_train_and_evaluate_then_signs_out(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        sign_in(page, url, "boss")
+        for tab in ("Annotate", "Train", "Evaluate", "Demo"):
+            assert page.get_by_role("tab", name=tab).count() == 1, tab
+        page.locator("#pf-signout").click()
+        page.locator("#pf-signin").wait_for(state="visible", timeout=10_000)
+        page.reload()  # signed out means signed out, also after a reload
+        page.locator("#pf-signin").wait_for(state="visible", timeout=10_000)
+        assert page.locator("#pf-main").is_hidden()
+        browser.close()
+
+
 def test_sign_in_vote_by_keyboard_undo_and_better_answer(server, home):
     playwright = pytest.importorskip("playwright.sync_api")
     url, store = server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.locator("#pf-name input, #pf-name textarea").first.fill("alice")
-        page.locator("#pf-password input").fill(PASSWORD)
-        page.locator("#pf-signin-button").click()
-        page.locator("#pf-left").get_by_text("answer").wait_for(timeout=15_000)
+        sign_in(page, url, "alice")
         assert page.locator("#pf-signin").is_hidden()
         assert page.get_by_role("tab", name="Train").count() == 0  # annotators: no Train tab
 
-        first = shown_generation(store, page, set())
+        first = shown_generation(store, page)
+        page.reload()  # the session survives a reload, and the same pair comes back
+        page.locator("#pf-left").get_by_text("answer").wait_for(timeout=15_000)
+        assert page.locator("#pf-signin").is_hidden()
+        assert shown_generation(store, page)["id"] == first["id"]
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("1")  # left is better
         wait_for_message(page, "Recorded: A is better")
 
-        second = shown_generation(store, page, {first["pair_id"]})
+        second = shown_generation(store, page)
         assert second["pair_id"] != first["pair_id"]
         page.keyboard.press("2")  # right is better ...
         wait_for_message(page, "Recorded: B is better")
         page.keyboard.press("u")  # ... no, take it back
         wait_for_message(page, "Undone")
-        assert shown_generation(store, page, set())["pair_id"] == second["pair_id"]
+        assert shown_generation(store, page)["pair_id"] == second["pair_id"]
 
         page.get_by_text("Why? (optional").click()
         page.get_by_label("more accurate").check()

@@ -119,7 +119,8 @@ def test_simulate_cli_bad_judge_changes_nothing(store):
 def _token(store, role: str) -> str:
     from annotate import auth
 
-    auth.create_user(store, f"user-{role}", "password123", role)
+    if store.annotator_by_name(f"user-{role}") is None:
+        auth.create_user(store, f"user-{role}", "password123", role)
     token, _ = auth.sign_in(store, f"user-{role}", "password123")
     return token
 
@@ -176,3 +177,31 @@ def test_tabs_build_inside_blocks(store):
     assert "refresh" in evaluate_parts and "compare" in demo_parts
     first = evaluate_parts["refresh"](None)
     assert "sign in" in first[0]
+    _battle_store(store, {"a": 3, "b": 1})
+    shown = evaluate_parts["refresh"](_token(store, "maintainer"))
+    assert shown[0].startswith("4 battles judged") and shown[1][0][0] == "v1"
+    assert "only maintainers" in evaluate_parts["refresh"](_token(store, "annotator"))[0]
+    assert "only maintainers" in evaluate_parts["queue"](_token(store, "annotator"), "v1", "v0", 2)
+    loaded = demo_parts["load"](_token(store, "annotator"))
+    assert loaded[2][0][0] == "v1" and loaded[-1] == ""
+
+
+def test_eval_computes_heldout_accuracy_where_no_round_recorded_it(tiny_v0, tmp_path):
+    store = tiny_v0
+    store.add_prompts([{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(4)])
+    v1 = _fake_v1(store)
+    v0 = store.version("v0")
+    judge = store.add_annotator("ann", "annotator", "x")
+    for prompt in store.list_prompts(split="heldout"):
+        pair_id = store.add_pair(prompt["id"], {"version_id": v1["id"], "text": "Short.", "seed": 0},
+                                 {"version_id": v0["id"], "text": "A much longer answer here.", "seed": 0},
+                                 purpose="arena")
+        store.assign_pair(judge, pair_id, store.pair(pair_id)["generation_a_id"])
+        store.record_judgment(judge, pair_id, "a")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["eval", "--json", str(out), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    rows = {v["version"]: v for v in json.loads(out.read_text())["versions"]}
+    assert rows["v0"]["heldout_accuracy"] is None  # the base has no parent to compare with
+    assert 0.0 <= rows["v1"]["heldout_accuracy"] <= 1.0
+    assert rows["v1"]["win_rate_vs_base"] == 1.0

@@ -1,0 +1,148 @@
+"""`prefloop train / rounds / export` through CliRunner, and the Train tab's handlers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from annotate import auth
+from app import cli
+from test_dataset import PASSWORD, add_judged_pairs, annotator
+from test_rounds import FAST
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def fast_json(**overrides):
+    return json.dumps({**FAST, **overrides})
+
+
+def test_commands_have_help_with_examples():
+    for args in (["train"], ["rounds"], ["rounds", "list"], ["rounds", "show"], ["rounds", "promote"],
+                 ["rounds", "reject"], ["export"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0 and "Example: prefloop" in result.output, args
+
+
+def test_train_in_process_then_rounds_commands(tiny_v0):
+    store = tiny_v0
+    store.set_setting("promotion_min_accuracy", 1.01)  # keep the candidate waiting
+    add_judged_pairs(store, 4)
+    add_judged_pairs(store, 2, split="heldout", tag="h")
+    result = invoke("train", "--in-process", "--min-new-pairs", "1", "--config-json", fast_json())
+    assert result.exit_code == 0, result.output
+    assert "round 1 trained: version v1, 4 pairs" in result.output and "awaiting a maintainer" in result.output
+
+    listing = invoke("rounds", "list")
+    assert "dpo" in listing.output and "v1" in listing.output and "trained" in listing.output
+    shown = json.loads(invoke("rounds", "show", "1").output)
+    assert shown["dataset_size"] == 4 and "loss" in shown["last_logged"]
+
+    assert "v1 is now active" in invoke("rounds", "promote", "1").output
+    assert store.get_setting("active_version") == "v1"
+    refused = CliRunner().invoke(cli, ["rounds", "reject", "1"])
+    assert refused.exit_code == 1 and "roll back before rejecting" in refused.output
+    missing = CliRunner().invoke(cli, ["rounds", "show", "9"])
+    assert missing.exit_code == 1 and "no round 9" in missing.output
+
+
+def test_train_refusals_are_one_line(tiny_v0):
+    gate = CliRunner().invoke(cli, ["train", "--no-wait"])
+    assert gate.exit_code == 1 and "no new preference rows" in gate.output
+    add_judged_pairs(tiny_v0, 2)
+    gate = CliRunner().invoke(cli, ["train", "--no-wait", "--min-new-pairs", "5"])
+    assert gate.exit_code == 1 and "need 3 more pairs (have 2 of 5)" in gate.output
+    bad = CliRunner().invoke(cli, ["train", "--lr", "-1"])
+    assert bad.exit_code == 1 and "learning_rate must be in" in bad.output
+    assert "Traceback" not in bad.output and tiny_v0.list_rounds() == []
+
+
+def test_train_waits_on_a_child_with_a_progress_bar(tiny_v0):
+    add_judged_pairs(tiny_v0, 4)
+    result = CliRunner().invoke(cli, ["train", "--min-new-pairs", "1", "--config-json", fast_json()])
+    assert result.exit_code == 0, result.output
+    assert "round 1 started" in result.output and "version v1" in result.output
+
+
+def test_create_only_prints_the_round_id(tiny_v0):
+    add_judged_pairs(tiny_v0, 2)
+    result = invoke("train", "--create-only", "--min-new-pairs", "1")
+    assert result.output.strip() == "1" and tiny_v0.round(1)["status"] == "pending"
+
+
+def test_export_command(tiny_v0, tmp_path):
+    add_judged_pairs(tiny_v0, 3)
+    add_judged_pairs(tiny_v0, 1, split="heldout", tag="h")
+    out = tmp_path / "prefs.jsonl"
+    assert "wrote 3 train rows" in invoke("export", str(out)).output
+    assert "wrote 1 heldout rows" in invoke("export", "--split", "heldout", "--format", "parquet",
+                                             str(tmp_path / "h.parquet")).output
+    again = CliRunner().invoke(cli, ["export", str(out)])
+    assert again.exit_code == 1 and "not empty" in again.output
+    missing = CliRunner().invoke(cli, ["export", str(tmp_path / "nope" / "x.jsonl")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+# --------------------------------------------------------------------------------------------
+# Train tab handlers
+# --------------------------------------------------------------------------------------------
+def tokens(store):
+    annotator(store, "boss", "maintainer")
+    annotator(store, "ann")
+    return auth.sign_in(store, "boss", PASSWORD)[0], auth.sign_in(store, "ann", PASSWORD)[0]
+
+
+def test_ui_handlers_require_a_maintainer(tiny_v0):
+    from train import ui
+
+    store = tiny_v0
+    _, annotator_token = tokens(store)
+    assert "only maintainers" in ui.start_round_action(store, annotator_token, "dpo", 5e-5, 1, 0.1, 4)
+    assert "please sign in" in ui.start_round_action(store, None, "dpo", 5e-5, 1, 0.1, 4)
+    assert "only maintainers" in ui.decide_action(store, annotator_token, "rollback", None)
+    assert "only maintainers" in ui.readiness_text(store, annotator_token)
+    with pytest.raises(auth.AuthError):
+        ui.rounds_table(store, annotator_token)
+    assert store.list_rounds() == []
+
+
+def test_ui_handlers_run_the_loop(tiny_v0):
+    from train import ui
+    from train.rounds import run_round
+
+    store = tiny_v0
+    boss, _ = tokens(store)
+    store.set_setting("promotion_min_accuracy", 1.01)
+    assert "Not started" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4)
+    assert "Not started" in ui.start_round_action(store, boss, "dpo", 50.0, 1, 0.1, 4, 0)
+    add_judged_pairs(store, 4)
+    assert "4 new preference pairs" in ui.readiness_text(store, boss)
+    from train.config import RoundConfig
+    from train.rounds import create_round
+
+    round_id = create_round(store, RoundConfig(**FAST, min_new_pairs=1))
+    run_round(store, round_id)
+    rows = ui.rounds_table(store, boss)
+    assert rows[0][ui.ROUND_HEADERS.index("status")] == "trained"
+    frames = ui.curve_frames(store, boss, round_id)
+    assert len(frames["loss"]) >= 1 and set(frames["margin"]["metric"]) == {"rewards/margins", "rewards/accuracies"}
+    assert "v1** is now active" in ui.decide_action(store, boss, "promote", round_id)
+    assert "v0** is active again" in ui.decide_action(store, boss, "rollback", None)
+    assert "cannot be promoted" not in ui.decide_action(store, boss, "reject", round_id)
+    assert store.require_version("v1")["status"] == "rejected"
+    assert "Pick a round" in ui.decide_action(store, boss, "promote", None)
+
+
+def test_train_tab_builds(tiny_v0):
+    import gradio as gr
+
+    from train.ui import build_train_tab
+
+    with gr.Blocks():
+        token_state = gr.State(None)
+        parts = build_train_tab(tiny_v0, token_state)
+    assert parts["refresh"](None, None) == [gr.update()] * 5

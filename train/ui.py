@@ -1,0 +1,170 @@
+"""Train tab (maintainers): start a round, watch its curves live, decide what happens to it.
+
+Handlers are plain functions of (store, token, inputs) so tests call them without a server; each
+checks ``auth.require_role(store, token, "maintainer")`` first and turns every StoreError into a
+message for the page. ``build_train_tab`` only lays out components and wires them; a gr.Timer
+refreshes the table and the loss / reward-margin curves while a round runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from annotate import auth
+from annotate.store import Store, StoreError
+
+ROUND_HEADERS = ["id", "method", "parent", "version", "status", "progress", "pairs", "lr", "beta", "epochs",
+                 "lora_rank", "train_loss", "heldout_acc", "outcome", "created"]
+CURVES = {"loss": ["loss"], "margin": ["rewards/margins", "rewards/accuracies"]}
+REFRESH_SECONDS = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# handlers
+# --------------------------------------------------------------------------------------------
+def start_round_action(
+    store: Store, token: str | None, method: str, learning_rate: float, epochs: float, beta: float,
+    lora_rank: int, min_new_pairs: int | None = None,
+) -> str:
+    """Start a round in a child process; returns a message for the page."""
+    try:
+        auth.require_role(store, token, "maintainer")
+        from train.config import RoundConfig
+        from train.rounds import start_round
+
+        config = RoundConfig(
+            method=method, learning_rate=float(learning_rate), epochs=float(epochs), beta=float(beta),
+            lora_rank=int(lora_rank), lora_alpha=2 * int(lora_rank),
+            min_new_pairs=None if min_new_pairs in (None, "") else int(min_new_pairs),
+        ).validate()
+        round_id = start_round(store, config)
+    except StoreError as error:
+        return f"**Not started:** {error}"
+    except (TypeError, ValueError) as error:
+        return f"**Not started:** check the numbers ({error})"
+    return f"Round {round_id} started ({method}); it trains in the background, the table follows it."
+
+
+def readiness_text(store: Store, token: str | None) -> str:
+    try:
+        auth.require_role(store, token, "maintainer")
+        from train.rounds import readiness
+
+        state = readiness(store)
+    except StoreError as error:
+        return f"**{error}**"
+    verdict = "ready to train" if state["ready"] else f"need {max(state['need'], 1) - state['have']} more"
+    return (f"Active version **{state['parent']}**: {state['have']} new preference pairs "
+            f"(gate: {state['need']}) — {verdict}.")
+
+
+def rounds_table(store: Store, token: str | None) -> list[list[Any]]:
+    """Every round, newest first, as table rows (ROUND_HEADERS); reaps dead children first."""
+    auth.require_role(store, token, "maintainer")
+    from train.cli_rounds import round_rows
+
+    return [[r[h] for h in ROUND_HEADERS] for r in reversed(round_rows(store))]
+
+
+def round_choices(store: Store, token: str | None) -> list[int]:
+    auth.require_role(store, token, "maintainer")
+    return [r["id"] for r in reversed(store.list_rounds())]
+
+
+def curve_frames(store: Store, token: str | None, round_id: int | None) -> dict[str, Any]:
+    """Long-format DataFrames (step, value, metric) for the loss and reward-margin plots."""
+    import pandas as pd
+
+    auth.require_role(store, token, "maintainer")
+    empty = pd.DataFrame({"step": [], "value": [], "metric": []})
+    if round_id in (None, ""):
+        return {name: empty for name in CURVES}
+    rows = store.round_metrics(int(round_id))
+    out = {}
+    for name, metrics in CURVES.items():
+        picked = [r for r in rows if r["name"] in metrics]
+        out[name] = pd.DataFrame(
+            {"step": [r["step"] for r in picked], "value": [r["value"] for r in picked],
+             "metric": [r["name"] for r in picked]}
+        ) if picked else empty
+    return out
+
+
+def decide_action(store: Store, token: str | None, action: str, round_id: int | None) -> str:
+    """promote / reject a round's candidate, or roll the active version back to its parent."""
+    try:
+        auth.require_role(store, token, "maintainer")
+        from train import models
+        from train.rounds import promote_round, reject_round
+
+        if action == "rollback":
+            version = models.rollback(store)
+            return f"Rolled back: **{version['name']}** is active again."
+        if round_id in (None, ""):
+            return "**Pick a round first.**"
+        if action == "promote":
+            done = promote_round(store, int(round_id))
+            return f"Round {round_id}: **{store.version(done['new_version_id'])['name']}** is now active."
+        if action == "reject":
+            done = reject_round(store, int(round_id))
+            return f"Round {round_id}: {store.version(done['new_version_id'])['name']} rejected."
+        return f"**Unknown action {action!r}.**"
+    except StoreError as error:
+        return f"**{error}**"
+
+
+# --------------------------------------------------------------------------------------------
+# layout
+# --------------------------------------------------------------------------------------------
+def build_train_tab(store: Store, token_state) -> dict:
+    """Start rounds, live curves, every round in a table, promote / reject / roll back.
+
+    Example: build_train_tab(store, token_state)  # inside `with gr.Tab("Train"):`
+    """
+    import gradio as gr
+
+    from train.config import RoundConfig
+
+    defaults = RoundConfig()
+    ready = gr.Markdown()
+    with gr.Row():
+        method = gr.Radio(["dpo", "orpo"], value=defaults.method, label="method")
+        learning_rate = gr.Number(value=defaults.learning_rate, label="learning rate")
+        epochs = gr.Number(value=defaults.epochs, label="epochs", minimum=0.1)
+        beta = gr.Number(value=defaults.beta, label="beta")
+        lora_rank = gr.Number(value=defaults.lora_rank, label="LoRA rank", precision=0, minimum=1)
+        min_pairs = gr.Number(value=None, label="min new pairs (blank: setting)", precision=0)
+    start = gr.Button("Start round", variant="primary")
+    message = gr.Markdown()
+    with gr.Row():
+        chosen_round = gr.Dropdown(label="round", choices=[], allow_custom_value=True)
+        promote = gr.Button("Promote its version", size="sm")
+        reject = gr.Button("Reject its version", size="sm")
+        rollback = gr.Button("Roll back active version", size="sm", variant="stop")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="value", color="metric", label="loss", height=260)
+        margin_plot = gr.LinePlot(x="step", y="value", color="metric", label="reward margin / accuracy", height=260)
+    table = gr.Dataframe(headers=ROUND_HEADERS, interactive=False, wrap=True, label="rounds")
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def refresh(token, selected):
+        try:
+            choices = round_choices(store, token)
+            selected = selected if selected not in (None, "") and int(selected) in choices else (choices[0] if choices else None)
+            frames = curve_frames(store, token, selected)
+            rows = rounds_table(store, token)
+        except StoreError:
+            return [gr.update()] * 5
+        return [readiness_text(store, token), gr.Dropdown(choices=choices, value=selected),
+                frames["loss"], frames["margin"], rows]
+
+    outputs = [ready, chosen_round, loss_plot, margin_plot, table]
+    quiet = dict(show_progress="hidden")
+    timer.tick(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
+    chosen_round.change(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
+    start.click(lambda *values: start_round_action(store, *values), inputs=[token_state, method, learning_rate, epochs, beta, lora_rank, min_pairs],
+                outputs=[message], concurrency_limit=1)
+    promote.click(lambda t, r: decide_action(store, t, "promote", r), inputs=[token_state, chosen_round], outputs=[message])
+    reject.click(lambda t, r: decide_action(store, t, "reject", r), inputs=[token_state, chosen_round], outputs=[message])
+    rollback.click(lambda t: decide_action(store, t, "rollback", None), inputs=[token_state], outputs=[message])
+    return {"refresh": refresh, "outputs": outputs, "timer": timer}
