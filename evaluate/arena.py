@@ -292,6 +292,14 @@ def win_rate(
     return WinRate(version, opponent, rate, low, high, n, wins, ties, losses, method)
 
 
+def pairwise_win_rates(battles: Iterable[Sequence[str]], **options) -> list[WinRate]:
+    """``win_rate`` for every two versions that met, the later version first (v2 vs v1)."""
+    clean = check_battles(battles)
+    return [
+        win_rate(clean, row["version_b"], row["version_a"], **options) for row in win_tie_loss(clean)
+    ]
+
+
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     z = _normal_quantile(0.5 + confidence / 2)
     denom = 1 + z * z / n

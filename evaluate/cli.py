@@ -47,9 +47,13 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
             echo(f"  {r['version']:<10}{r['rating']:>8.0f}  {ci:<17}{r['wins']:>5}{r['ties']:>5}{r['losses']:>5}")
     else:
         echo("  no battles judged yet: queue some with `prefloop battles create --a v1 --b v0`")
+    rates = {(w["opponent"], w["version"]): w for w in board["pairwise_win_rates"]}
     for w in board["win_tie_loss"]:
+        rate = rates.get((w["version_a"], w["version_b"]))
+        shown = (f"; {w['version_b']} wins {rate['win_rate']:.0%} [{rate['ci_low']:.0%}, {rate['ci_high']:.0%}]"
+                 if rate else "")
         echo(f"  {w['version_a']} vs {w['version_b']}: {w['wins_a']}-{w['wins_b']} "
-             f"({w['ties']} ties, {w['both_bad']} both bad)")
+             f"({w['ties']} ties, {w['both_bad']} both bad){shown}")
     echo()
     echo("Versions")
     echo(f"  {'version':<10}{'method':<8}{'rows':>6}{'acc':>7}{'win vs base':>13}{'words':>8}{'len x':>7}{'dist-2':>8}{'refuse':>8}")

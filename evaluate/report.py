@@ -32,6 +32,7 @@ def leaderboard(store: Store, *, bootstrap: int = 1000, seed: int = 0) -> dict:
         "ratings": [r.to_dict() for r in ratings],
         "win_tie_loss": arena.win_tie_loss(battles),
         "win_rate_vs_base": [w for w in vs_base if w["battles"]],
+        "pairwise_win_rates": [w.to_dict() for w in arena.pairwise_win_rates(battles)],
     }
 
 

@@ -101,3 +101,11 @@ def test_win_rate_intervals():
 def test_bad_outcome_is_refused():
     with pytest.raises(ValueError, match="outcome"):
         arena.bradley_terry([("v0", "v1", "left")])
+
+
+def test_pairwise_win_rates_name_the_later_version_first():
+    battles = [("v0", "v1", "b"), ("v1", "v0", "tie"), ("v2", "v1", "a")]
+    rates = {(w.version, w.opponent): w for w in arena.pairwise_win_rates(battles)}
+    assert set(rates) == {("v1", "v0"), ("v2", "v1")}
+    assert rates[("v1", "v0")].win_rate == pytest.approx(0.75)
+    assert rates[("v2", "v1")].win_rate == 1.0
