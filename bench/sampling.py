@@ -2,6 +2,7 @@
 
     python bench/sampling.py                      # bundled SmolLM2-135M, 16 prompts x 2, 48 tokens
     python bench/sampling.py --prompts 8 --max-new-tokens 32 --batch-sizes 1,8
+    python bench/sampling.py --threads 1          # on a CPU shared with other busy processes
 
 Uses v0 from $PREFLOOP_HOME when it exists, otherwise converts the bundled GGUF into a temporary
 home (about 20 s). Every row samples (temperature 0.9, top_p 0.95) and stops at end-of-turn or
@@ -67,6 +68,35 @@ def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:
     return tokens, time.perf_counter() - started
 
 
+def baseline_batched(model, tokenizer, conversations, params, batch_size: int) -> tuple[int, float]:
+    """HF generate on left-padded batches: fast, but a row's text depends on its batch mates."""
+    import torch
+
+    from train.generation import encode_conversation, stop_token_ids
+
+    stops = sorted(stop_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id
+    tokens = 0
+    started = time.perf_counter()
+    for start in range(0, len(conversations), batch_size):
+        prompts = [encode_conversation(tokenizer, c) for c in conversations[start : start + batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        torch.manual_seed(start)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=params.temperature,
+            top_p=params.top_p, top_k=0, max_new_tokens=params.max_new_tokens, eos_token_id=stops,
+            pad_token_id=pad,
+        )
+        for row in out[:, width:].tolist():
+            for t in row:
+                if t in stops:
+                    break
+                tokens += 1
+    return tokens, time.perf_counter() - started
+
+
 def ours(model, tokenizer, conversations, params, batch_size: int) -> tuple[int, float]:
     from train.generation import generate
 
@@ -84,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=16, help="prompts; two responses each")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice). On a busy "
+                        "shared CPU use 1: OpenMP threads that wait for each other can be 10-100x slower.")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tokenizer = open_v0()
     params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=args.max_new_tokens)
@@ -101,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
         tokens, seconds = ours(model, tokenizer, conversations, params, batch_size)
         rows.append(("prefloop decode loop", batch_size, tokens, seconds, tokens / seconds, tokens / seconds / base_rate))
         print(f"batch {batch_size}: {tokens} tokens in {seconds:.1f}s", flush=True)
+
+    biggest = max(int(b) for b in args.batch_sizes.split(","))
+    tokens, seconds = baseline_batched(model, tokenizer, conversations, params, biggest)
+    rows.append(("HF generate, batched (global RNG)", biggest, tokens, seconds, tokens / seconds, tokens / seconds / base_rate))
+    print(f"HF batched {biggest}: {tokens} tokens in {seconds:.1f}s", flush=True)
 
     print()
     print("| sampler | batch size | tokens | seconds | tokens/s | vs baseline |")
