@@ -97,6 +97,20 @@ def test_stream_yields_growing_text_ending_in_the_generated_text(tiny):
     assert partials[-1] == generate(model, tokenizer, [convo], params, [5])[0].text
 
 
+def test_abandoned_stream_leaves_grad_mode_alone(tiny):
+    """A consumer that stops reading a stream early must not leave the thread in inference
+    mode: a training round in the same thread would then fail (seen before this test)."""
+    import torch
+
+    model, tokenizer = tiny
+    partial = stream(model, tokenizer, chats(1)[0], SamplingParams(max_new_tokens=8), seed=5)
+    next(partial)
+    next(partial)
+    assert not torch.is_inference_mode_enabled()
+    assert torch.is_grad_enabled()
+    del partial
+
+
 def test_sampling_params_validate_with_clear_messages():
     with pytest.raises(SamplingError, match="temperature must be a number from 0 to 5"):
         SamplingParams(temperature=-1)

@@ -152,16 +152,16 @@ def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
     def boom(self, *args, **kwargs):
         raise RuntimeError("simulated trainer crash")
 
-    monkeypatch.setattr(trl.DPOTrainer, "train", boom)
     round_id = new_round(store)
-    with pytest.raises(StoreError, match="simulated trainer crash"):
-        run_round(store, round_id)
+    with monkeypatch.context() as patch:  # undo only this, not the home fixture's env
+        patch.setattr(trl.DPOTrainer, "train", boom)
+        with pytest.raises(StoreError, match="simulated trainer crash"):
+            run_round(store, round_id)
     failed = store.round(round_id)
     assert failed["status"] == "failed" and "RuntimeError: simulated trainer crash" in failed["error"]
     assert state_of(store) == ("v0", ["v0"])
     with pytest.raises(StoreError, match="not pending"):
         run_round(store, round_id)
-    monkeypatch.undo()
     result = run_round(store, new_round(store))
     assert result["version"] == "v1"
 

@@ -245,8 +245,10 @@ class Decoding:
         input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
         cache = DynamicCache(config=self.model.config)
         alive = list(range(n))  # batch row -> result index
-        with torch.inference_mode():
-            for _step in range(self.params.max_new_tokens):
+        # Grad mode is thread state: never yield inside inference_mode, or a consumer that stops
+        # iterating early leaves the whole thread in inference mode (and training then fails).
+        for _step in range(self.params.max_new_tokens):
+            with torch.inference_mode():
                 out = self.model(
                     input_ids=input_ids,
                     attention_mask=mask,
@@ -256,19 +258,20 @@ class Decoding:
                     **{self._cache_kwarg: cache},
                 )
                 logits = out.logits[:, -1, :].float().cpu()
-                chosen = self._pick(logits, alive)
-                elapsed = (time.perf_counter() - started) * 1000
-                keep = []
-                for row, (index, token) in enumerate(zip(alive, chosen)):
-                    self.latency_ms[index] = elapsed
-                    if token in self.stops:
-                        self.finish[index] = "stop"
-                    else:
-                        self.tokens[index].append(token)
-                        keep.append(row)
-                yield None
-                if not keep:
-                    break
+            chosen = self._pick(logits, alive)
+            elapsed = (time.perf_counter() - started) * 1000
+            keep = []
+            for row, (index, token) in enumerate(zip(alive, chosen)):
+                self.latency_ms[index] = elapsed
+                if token in self.stops:
+                    self.finish[index] = "stop"
+                else:
+                    self.tokens[index].append(token)
+                    keep.append(row)
+            yield None
+            if not keep:
+                break
+            with torch.inference_mode():
                 if len(keep) < len(alive):  # finished rows leave the batch and the cache
                     select = torch.tensor(keep, device=self.device)
                     cache.batch_select_indices(select)
