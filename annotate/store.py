@@ -978,6 +978,36 @@ class Store:
         )
         return [_decode_prompt(r) for r in rows]
 
+    # -- gold pairs --
+    GOLD_JUDGMENTS_WANTED = 1_000_000  # a gold pair stays open: every annotator may be checked on it
+
+    def add_gold_pair(self, source_pair_id: int, answer: str) -> int:
+        """A quality check: the same two generations as an existing pair, with a known answer.
+
+        Gold pairs reuse real generations (lineage stays true) and are mixed into annotators'
+        queues at the ``gold_rate`` setting; they never become training data.
+        """
+        source = self.pair(source_pair_id)
+        if source is None:
+            raise StoreError(f"no pair {source_pair_id}")
+        if answer not in CHOICES:
+            raise StoreError(f"the answer must be one of {', '.join(CHOICES)}, not {answer!r}")
+        return self.add_pair(
+            source["prompt_id"],
+            source["generation_a_id"],
+            source["generation_b_id"],
+            purpose="gold",
+            judgments_wanted=self.GOLD_JUDGMENTS_WANTED,
+            gold_choice=answer,
+        )
+
+    def list_gold_pairs(self) -> list[dict]:
+        return self.rows(
+            "select x.id, x.gold_choice, x.judgments_count, p.text as prompt, "
+            "(select count(*) from judgments j where j.pair_id = x.id and j.choice = x.gold_choice) "
+            "as agreed from pairs x join prompts p on p.id = x.prompt_id "
+            "where x.purpose = 'gold' order by x.id"
+        )
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 import datetime as dt
 import html
 import time
@@ -66,6 +68,9 @@ class Screen:
     progress: str = ""
     waiting: bool = False  # queue empty: poll until a pair arrives
     clear_inputs: bool = False  # reasons / comment / better answer belong to the last pair
+
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,11 +165,23 @@ def vote(
         screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
         screen.clear_inputs = True
         return screen
+    if created:
+        _maybe_start_training(store)
     label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
     said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
     screen = next_pair(store, token, said, rng=rng)
     screen.clear_inputs = True
     return screen
+
+
+def _maybe_start_training(store: Store) -> None:
+    """The optional automatic trigger (setting ``auto_train_every``); a vote never fails on it."""
+    try:
+        from train.rounds import maybe_auto_train
+
+        maybe_auto_train(store)
+    except Exception:  # noqa: BLE001 - logged, never shown: the vote itself succeeded
+        logger.exception("automatic training trigger failed")
 
 
 def skip(store: Store, token: str | None, pair: dict | None, rng=None) -> Screen:

@@ -1,0 +1,71 @@
+"""Gold pairs (quality control) and the automatic training trigger after votes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from annotate import ui
+from annotate.store import StoreError
+from app import cli
+from test_ui_handlers import make_pairs, signed_in
+
+
+def test_gold_pair_is_served_at_gold_rate_and_scored(tiny_v0):
+    store = tiny_v0
+    [source] = make_pairs(store, 1)
+    result = CliRunner().invoke(cli, ["gold", "add", str(source), "--answer", "b"])
+    assert result.exit_code == 0, result.output
+    store.set_setting("gold_rate", 1.0)
+    annotator = signed_in(store, "alice")
+    screen = ui.next_pair(store, annotator, rng=random.Random(1))
+    gold = store.pair(screen.pair["pair_id"])
+    assert gold["purpose"] == "gold" and gold["gold_choice"] == "b"
+    assert (gold["generation_a_id"], gold["generation_b_id"]) == (
+        store.pair(source)["generation_a_id"], store.pair(source)["generation_b_id"])
+    right_side = "left" if screen.pair["left_generation_id"] == gold["generation_b_id"] else "right"
+    ui.vote(store, annotator, screen.pair, right_side)
+    [row] = store.list_gold_pairs()
+    assert (row["agreed"], row["judgments_count"]) == (1, 1)
+    listing = CliRunner().invoke(cli, ["gold", "list"])
+    assert "answer b" in listing.output and "1/1 agreed" in listing.output
+
+
+def test_gold_refusals_change_nothing(tiny_v0):
+    [source] = make_pairs(tiny_v0, 1)
+    before = tiny_v0.scalar("select count(*) from pairs")
+    with pytest.raises(StoreError, match="no pair 999"):
+        tiny_v0.add_gold_pair(999, "a")
+    result = CliRunner().invoke(cli, ["gold", "add", str(source), "--answer", "maybe"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert tiny_v0.scalar("select count(*) from pairs") == before
+
+
+def test_a_new_vote_fires_the_auto_train_trigger_once(tiny_v0, monkeypatch):
+    import train.rounds
+
+    calls = []
+    monkeypatch.setattr(train.rounds, "maybe_auto_train", lambda store: calls.append(store))
+    make_pairs(tiny_v0, 1)
+    token = signed_in(tiny_v0, "alice")
+    screen = ui.next_pair(tiny_v0, token)
+    ui.vote(tiny_v0, token, screen.pair, "left")
+    ui.vote(tiny_v0, token, screen.pair, "left")  # double click: no new vote, no new trigger
+    assert len(calls) == 1
+
+
+def test_trigger_failure_never_fails_the_vote(tiny_v0, monkeypatch):
+    import train.rounds
+
+    def broken(store):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train.rounds, "maybe_auto_train", broken)
+    make_pairs(tiny_v0, 1)
+    token = signed_in(tiny_v0, "alice")
+    screen = ui.next_pair(tiny_v0, token)
+    after = ui.vote(tiny_v0, token, screen.pair, "right")
+    assert "Recorded" in after.message
+    assert tiny_v0.scalar("select count(*) from judgments") == 1
