@@ -5,22 +5,47 @@ import pytest
 from annotate.store import Store, StoreError
 
 
+EXPECTED_SCHEMA = {
+    "annotators": {"id": int, "name": str, "role": str, "password_hash": str, "active": int,
+                   "created_at": str, "last_login_at": str},
+    "assignments": {"id": int, "pair_id": int, "annotator_id": int, "left_generation_id": int,
+                    "status": str, "served_at": str},
+    "generations": {"id": int, "prompt_id": int, "version_id": int, "text": str, "params": str,
+                    "seed": int, "prompt_tokens": int, "completion_tokens": int,
+                    "finish_reason": str, "latency_ms": float, "created_at": str},
+    "judgments": {"id": int, "pair_id": int, "annotator_id": int, "choice": str,
+                  "left_generation_id": int, "better_answer": str, "reasons": str,
+                  "comment": str, "elapsed_ms": int, "created_at": str},
+    "model_versions": {"id": int, "name": str, "parent_id": int, "kind": str, "path": str,
+                       "status": str, "card": str, "created_at": str},
+    "pairs": {"id": int, "prompt_id": int, "generation_a_id": int, "generation_b_id": int,
+              "purpose": str, "judgments_wanted": int, "judgments_count": int,
+              "gold_choice": str, "status": str, "created_by": int, "created_at": str},
+    "prompts": {"id": int, "text": str, "messages": str, "kind": str, "source": str,
+                "split": str, "content_hash": str, "created_at": str},
+    "round_metrics": {"id": int, "round_id": int, "step": int, "name": str, "value": float,
+                      "created_at": str},
+    "rounds": {"id": int, "method": str, "parent_version_id": int, "new_version_id": int,
+               "config": str, "dataset_hash": str, "dataset_size": int, "status": str,
+               "progress": float, "pid": int, "error": str, "metrics": str, "created_at": str,
+               "started_at": str, "finished_at": str, "heartbeat_at": str},
+    "sessions": {"token_hash": str, "annotator_id": int, "created_at": str, "expires_at": str},
+    "settings": {"key": str, "value": str},
+}
+
+
 def test_migrated_schema_exact_columns(home):
+    """A new migration must update this on purpose: the schema is a contract with old files."""
     store = Store(":memory:")
-    assert store.table_columns("judgments") == {
-        "id": int, "pair_id": int, "annotator_id": int, "choice": str,
-        "left_generation_id": int, "better_answer": str, "reasons": str, "comment": str,
-        "elapsed_ms": int, "created_at": str,
-    }
-    assert store.table_columns("generations") == {
-        "id": int, "prompt_id": int, "version_id": int, "text": str, "params": str, "seed": int,
-        "prompt_tokens": int, "completion_tokens": int, "finish_reason": str,
-        "latency_ms": float, "created_at": str,
-    }
-    assert set(store.tables()) >= {
-        "annotators", "sessions", "prompts", "model_versions", "generations", "pairs",
-        "assignments", "judgments", "rounds", "round_metrics", "settings",
-    }
+    tables = {t for t in store.tables() if not t.startswith("_")}
+    assert tables == set(EXPECTED_SCHEMA)
+    for table, columns in EXPECTED_SCHEMA.items():
+        assert store.table_columns(table) == columns, table
+
+
+def test_one_vote_per_pair_and_annotator_is_enforced_by_the_schema(store):
+    sql = store.scalar("select sql from sqlite_master where name = 'idx_judgments_pair_id_annotator_id'")
+    assert sql and "UNIQUE" in sql.upper()
 
 
 def test_wal_and_foreign_keys_on(store):

@@ -510,22 +510,23 @@ def _last_values(metric_rows: list[dict]) -> dict[str, float]:
 # maintainer decisions on a finished round
 # --------------------------------------------------------------------------------------------
 def promote_round(store: Store, round_id: int) -> dict:
+    """A maintainer makes the round's candidate the active version."""
     from train import models
 
-    current = _finished_with_version(store, round_id)
-    version = store.require_version(current["new_version_id"])
-    models.promote(store, version["name"])
-    store.update_round(round_id, status="promoted")
-    return store.round(round_id)
+    return _decide(store, round_id, models.promote, "promoted")
 
 
 def reject_round(store: Store, round_id: int) -> dict:
+    """A maintainer rejects the round's candidate: kept on disk, never promoted."""
     from train import models
 
+    return _decide(store, round_id, models.reject, "rejected")
+
+
+def _decide(store: Store, round_id: int, action, status: str) -> dict:
     current = _finished_with_version(store, round_id)
-    version = store.require_version(current["new_version_id"])
-    models.reject(store, version["name"])
-    store.update_round(round_id, status="rejected")
+    action(store, store.require_version(current["new_version_id"])["name"])
+    store.update_round(round_id, status=status)
     return store.round(round_id)
 
 
