@@ -43,13 +43,7 @@ def _register_commands() -> None:
     import importlib
 
     for module_name in ("annotate.cli", "train.cli_models", "train.cli_rounds", "evaluate.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        module.register(cli)
+        importlib.import_module(module_name).register(cli)
 
 
 _register_commands()
@@ -63,18 +57,11 @@ OPTIONAL_TABS = (  # (label, module, builder); each owner re-checks roles in its
 )
 
 
-def _optional_tab(store, token_state, module_name: str, builder_name: str) -> None:
-    """Build another package's tab, or say plainly why it is missing (it may not be written yet)."""
+def _build_tab(store, token_state, module_name: str, builder_name: str) -> None:
+    """Each package builds its own tab; the app only places it."""
     import importlib
 
-    import gradio as gr
-
-    try:
-        builder = getattr(importlib.import_module(module_name), builder_name)
-    except (ImportError, AttributeError) as error:
-        gr.Markdown(f"*This tab is not available in this installation: {error}.*")
-        return
-    builder(store, token_state)
+    getattr(importlib.import_module(module_name), builder_name)(store, token_state)
 
 
 def build_app(store):
@@ -104,7 +91,7 @@ def build_app(store):
                 tabs = {}
                 for label, module_name, builder_name, _ in OPTIONAL_TABS:
                     with gr.Tab(label, id=label.lower(), visible=False) as tabs[label.lower()]:
-                        _optional_tab(store, token_state, module_name, builder_name)
+                        _build_tab(store, token_state, module_name, builder_name)
 
         shell = [signin_column, main_column, *tabs.values()]
 
@@ -166,23 +153,19 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
     from annotate import ui
     from annotate.store import Store
 
+    from annotate.cli import describe_initialisation, ensure_initialised
+
     store = Store()
-    try:
-        from annotate.cli import describe_initialisation, ensure_initialised
-    except ImportError:
-        ensure_initialised = None
-    if ensure_initialised is not None:
-        for line in describe_initialisation(ensure_initialised(store, echo=click.echo)):
-            click.echo(line)
+    for line in describe_initialisation(ensure_initialised(store, echo=click.echo)):
+        click.echo(line)
     filler = None
     if not no_sampler:
-        try:
-            from annotate.sampler import QueueFiller
-        except ImportError:
-            click.echo("note: annotate.sampler is missing; pairs come only from `prefloop` commands")
-        else:
-            filler = QueueFiller(store)
-            filler.start()
+        from annotate.sampler import QueueFiller
+        from train.models import share_cpu_cores
+
+        share_cpu_cores()  # a training round's child process may run beside the sampler
+        filler = QueueFiller(store)
+        filler.start()
     if store.count_maintainers() == 0:
         click.echo("note: no maintainer yet; add one: prefloop users add NAME --role maintainer")
     try:

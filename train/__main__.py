@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from train.config import ConfigError, RoundConfig
     from train.rounds import create_round, is_main_process, run_round
 
+    from train.models import share_cpu_cores
+
+    share_cpu_cores()  # the app's sampler keeps running beside this round
     store = Store()
     try:
         if args.config_json is not None:
