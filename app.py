@@ -200,21 +200,40 @@ def users_add(name: str, role: str, password_env: str | None) -> None:
 
     Example: PF_PW=... prefloop users add alice --role annotator --password-env PF_PW
     """
-    import os
-
     from annotate import auth
     from annotate.store import Store
+
+    user_id = auth.create_user(Store(), name, _read_password(password_env), role)
+    click.echo(f"added {role} {name.strip()} (id {user_id})")
+
+
+@users.command("password")
+@click.argument("name")
+@click.option("--password-env", metavar="VAR", help="Read the new password from this environment variable.")
+def users_password(name: str, password_env: str | None) -> None:
+    """Set a new password for a user; their open sessions end.
+
+    Example: prefloop users password admin
+    """
+    from annotate import auth
+    from annotate.store import Store
+
+    auth.change_password(Store(), name, _read_password(password_env))
+    click.echo(f"password changed for {name.strip()}; their sessions were signed out")
+
+
+def _read_password(password_env: str | None) -> str:
+    """From the named environment variable, or asked twice (hidden); never echoed or logged."""
+    import os
 
     if password_env:
         password = os.environ.get(password_env)
         if not password:
             raise click.ClickException(f"environment variable {password_env} is not set or empty")
-    elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        raise click.ClickException("no terminal to ask for a password: use --password-env VAR")
-    user_id = auth.create_user(Store(), name, password, role)
-    click.echo(f"added {role} {name.strip()} (id {user_id})")
+        return password
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    raise click.ClickException("no terminal to ask for a password: use --password-env VAR")
 
 
 @users.command("list")

@@ -51,6 +51,16 @@ def create_user(store: Store, name: str, password: str, role: str = "annotator")
     return store.add_annotator(name, role, hash_password(password))
 
 
+def change_password(store: Store, name: str, password: str) -> None:
+    """New password hash; every open session of that user ends."""
+    user = store.annotator_by_name((name or "").strip())
+    if user is None:
+        raise AuthError(f"no user named {name!r}")
+    if len(password or "") < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+    store.set_password_hash(user["id"], hash_password(password), end_sessions=True)
+
+
 class _RateLimiter:
     """Sliding-window count of failed sign-ins, per key, in this process."""
 

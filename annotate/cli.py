@@ -129,7 +129,7 @@ def describe_initialisation(done: dict) -> list[str]:
     elif admin["password"]:
         lines.append(
             f"Created maintainer {admin['name']!r} with password: {admin['password']}\n"
-            "  (shown only this once; change it after signing in)"
+            f"  (shown only this once; change it with `prefloop users password {admin['name']}`)"
         )
     else:
         lines.append(f"Created maintainer {admin['name']!r}.")

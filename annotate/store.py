@@ -426,12 +426,16 @@ class Store:
                     [name],
                 )
 
-    def set_password_hash(self, annotator_id: int, password_hash: str) -> None:
+    def set_password_hash(
+        self, annotator_id: int, password_hash: str, end_sessions: bool = False
+    ) -> None:
         with self.write() as db:
             db.execute(
                 "update annotators set password_hash = ? where id = ?",
                 [password_hash, annotator_id],
             )
+            if end_sessions:
+                db.execute("delete from sessions where annotator_id = ?", [annotator_id])
 
     def count_maintainers(self) -> int:
         return self.scalar(

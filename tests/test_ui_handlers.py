@@ -304,6 +304,20 @@ def test_users_commands(store, monkeypatch):
     assert auth.current_user(store, token) is None  # sessions end at once
     assert "disabled" in runner.invoke(cli, ["users", "list"]).output
 
+    other = ui.sign_in(store, "alice", "hunter2-hunter2")[0]
+    assert other is None  # disabled users cannot sign in
+    runner.invoke(cli, ["users", "add", "carol", "--password-env", "PF_TEST_PW"])
+    carol, _ = ui.sign_in(store, "carol", "hunter2-hunter2")
+    changed = runner.invoke(cli, ["users", "password", "carol", "--password-env", "PF_NEW_PW"],
+                            env={"PF_NEW_PW": "a-new-secret-9"})
+    assert changed.exit_code == 0 and "a-new-secret-9" not in changed.output
+    assert auth.current_user(store, carol) is None  # old sessions end
+    assert ui.sign_in(store, "carol", "hunter2-hunter2")[0] is None
+    assert ui.sign_in(store, "carol", "a-new-secret-9")[0]
+    unknown = runner.invoke(cli, ["users", "password", "nobody", "--password-env", "PF_NEW_PW"],
+                            env={"PF_NEW_PW": "a-new-secret-9"})
+    assert unknown.exit_code == 1 and "no user named 'nobody'" in unknown.output
+
     missing = runner.invoke(cli, ["users", "add", "bob", "--password-env", "PF_NOT_SET"])
     assert missing.exit_code == 1 and "PF_NOT_SET" in missing.output
     no_tty = runner.invoke(cli, ["users", "add", "bob"])
@@ -313,7 +327,8 @@ def test_users_commands(store, monkeypatch):
     assert short.exit_code == 1 and "at least" in short.output
     assert store.annotator_by_name("bob") is None
     for command in (["users", "add", "--help"], ["users", "list", "--help"],
-                    ["users", "disable", "--help"], ["serve", "--help"]):
+                    ["users", "disable", "--help"], ["users", "password", "--help"],
+                    ["serve", "--help"]):
         assert "Example:" in runner.invoke(cli, command).output
 
 
