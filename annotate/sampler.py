@@ -276,9 +276,9 @@ def stream_live_pair(
         judgments_wanted=1,
         created_by=annotator_id,
     )
-    pair = store.pair(pair_id)
-    left = random.choice([pair["generation_a_id"], pair["generation_b_id"]])
-    store.assign_pair(annotator_id, pair_id, left)
+    # The annotator watched generation a stream on the left, so it stays there: a and b are two
+    # seeds of the same version, so this order carries no information about either response.
+    store.assign_pair(annotator_id, pair_id, store.pair(pair_id)["generation_a_id"])
     yield "__done__", pair_id
 
 

@@ -223,7 +223,7 @@ def live_prompt(
         if item and item[0] == "__done__":
             assignment = store.assignment(user["id"], int(item[1]))
             yield _pair_screen(
-                store, user, assignment, "Both responses are ready (sides are shuffled): vote as usual.", clear=True
+                store, user, assignment, "Both responses are ready: vote as usual.", clear=True
             )
             return
         text_a, text_b = item

@@ -128,7 +128,8 @@ def test_live_prompt_streams_both_responses_then_stores_and_assigns(loop):
     prompt = store.prompt(pair["prompt_id"])
     assert (prompt["text"], prompt["source"], prompt["split"]) == ("Write a haiku about tests", "live", "train")
     assignment = store.assignment(annotator, done[1])
-    assert assignment["left_generation_id"] in (pair["generation_a_id"], pair["generation_b_id"])
+    # the response that streamed on the left stays on the left once the pair is votable
+    assert assignment["left_generation_id"] == pair["generation_a_id"]
     with pytest.raises(sampler.SamplerError, match="type a prompt first"):
         next(stream_live_pair(store, annotator, "   "))
 
