@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -115,7 +116,9 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
     ).validate()
     judge_fn = load_judge(judge)  # fail fast, before any model loads
     started = time.perf_counter()
-    result = run_simulation(Store(), config, judge=judge_fn, log=_log)
+    # Training libraries print their logs to stdout; stdout carries only our answer.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_simulation(Store(), config, judge=judge_fn, log=_log)
     if as_json:
         click.echo(json.dumps(result))
     else:

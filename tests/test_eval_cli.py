@@ -93,14 +93,13 @@ def _fake_v1(store):
 
 
 def test_simulate_cli_json_shape(tiny_v0):
-    pytest.importorskip("train.rounds", reason="train/rounds.py not written yet")
     tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(6)]
                         + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(4)])
     result = CliRunner().invoke(cli, [
         "simulate", "--judge", "evaluate.judges:concise", "--rounds", "1", "--pairs-per-round", "6",
         "--eval-prompts", "4", "--max-new-tokens", "8", "--epochs", "1", "--json"])
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    payload = json.loads(result.stdout)  # the whole of stdout is one JSON object: nothing else
     (first,) = payload["rounds"]
     for key in ("version", "win_rate_vs_v0", "ci_low", "ci_high", "pairs", "seconds"):
         assert key in first
