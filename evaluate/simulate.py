@@ -66,14 +66,15 @@ class SimulationConfig:
         return self
 
 
-# Why these: a round sees ~96 pairs of which the concise judge ties some (no training row), so
-# a LoRA round gets ~60-80 rows. Three epochs at 2e-4 move a rank-16 adapter visibly without
-# collapsing the model; beta 0.1 is the usual DPO strength; a little NLL on the chosen answer
-# keeps answers fluent while they get shorter.
-SIM_ROUND_DEFAULTS: dict[str, Any] = {"learning_rate": 2e-4, "epochs": 3.0, "beta": 0.1}
+# Why these (measured: README, "Does the loop learn?"): a round sees ~96 pairs of which the
+# concise judge ties some, so it gets ~85-90 rows. One epoch at 3e-4 per round is enough when
+# rounds compound (each trains on its parent's samples): v3 won 94% of held-out battles vs v0,
+# in 37 min on 2 CPU cores. beta 0.1 is the usual DPO strength; a little NLL on the chosen
+# answer keeps answers fluent while they get shorter.
+SIM_ROUND_DEFAULTS: dict[str, Any] = {"learning_rate": 3e-4, "epochs": 1.0, "beta": 0.1}
 # Diverse samples (temperature 1.0) give pairs whose lengths differ, which is the signal the
-# concise judge needs; 192 tokens lets most SmolLM answers finish instead of being cut off.
-SIM_SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 192}
+# concise judge needs; 96 tokens keeps a CPU round short and most answers still finish.
+SIM_SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 96}
 
 
 # --------------------------------------------------------------------------------------------
