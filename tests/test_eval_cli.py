@@ -86,7 +86,7 @@ def _fake_v1(store):
 
     from train import models
 
-    model, _ = models._load_merged(store, "v0", "cpu", models._torch_float32())
+    model, _ = models.load_fresh(store, "v0")
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     return models.register_adapter_version(store, "v0", peft_model.save_pretrained, {"method": "test"},
                                            status="ready")

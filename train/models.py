@@ -167,7 +167,7 @@ def load_version(store: Store, name: str, device: str | None = None, dtype: Any 
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    model, tokenizer = _load_merged(store, name, device, dtype)
+    model, tokenizer = load_fresh(store, name, device, dtype)
     with _cache_lock:
         _cache[key] = (model, tokenizer)
         while len(_cache) > _CACHE_SIZE:
@@ -180,7 +180,10 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _load_merged(store: Store, name: str, device: str, dtype: Any):
+def load_fresh(store: Store, name: str, device: str = "cpu", dtype: Any = None):
+    """An uncached (model, tokenizer) of a version, safe to train or modify in place."""
+    if dtype is None:
+        dtype = _torch_float32()
     from transformers import AutoModelForCausalLM
 
     chain = store.version_chain(name)
@@ -291,7 +294,7 @@ def export_merged(store: Store, name: str, out_dir: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"export folder is not empty: {out}")
     version = store.require_version(name)
-    model, tokenizer = _load_merged(store, name, "cpu", _torch_float32())
+    model, tokenizer = load_fresh(store, name, "cpu", _torch_float32())
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)

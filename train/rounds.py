@@ -342,7 +342,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict
     on_gpu = device.startswith("cuda")
     torch.manual_seed(config.seed)
     # A fresh copy: load_version's cached model is shared with the sampler and must not change.
-    model, _ = models._load_merged(store, parent["name"], device, torch.float32)
+    model, _ = models.load_fresh(store, parent["name"], device, torch.float32)
     trainer = _make_trainer(model, tokenizer, training_columns(rows), config, folder, on_gpu, store, round_id, main)
     output = trainer.train()
     peft_model = trainer.model
