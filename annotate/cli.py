@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import math
 import secrets
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -313,6 +315,9 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
 }
 
 
+MAX_SETTING_NUMBER = 1_000_000_000  # larger counts cannot be meant, and overflow SQLite integers
+
+
 def parse_setting(store: Store, key: str, raw: str) -> Any:
     """The value to store for ``key`` from command-line text (JSON, else a plain string)."""
     if key not in DEFAULT_SETTINGS:
@@ -335,6 +340,10 @@ def parse_setting(store: Store, key: str, raw: str) -> Any:
         if not is_number or (kind is int and not isinstance(value, int)):
             what = "a whole number" if kind is int else "a number"
             raise SettingError(f"{key} must be {what}, not {raw!r}")
+        if not math.isfinite(value):
+            raise SettingError(f"{key} must be a finite number, not {raw!r}")
+        if abs(value) > MAX_SETTING_NUMBER:
+            raise SettingError(f"{key} is too large (at most {MAX_SETTING_NUMBER:,})")
         if value < low or (high is not None and value > high):
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise SettingError(f"{key} must be {bound}, not {value}")
@@ -421,7 +430,11 @@ def backup_database(store: Store, out_file: str | Path) -> dict:
         raise BackupError(f"{out} already exists; refusing to overwrite it (choose a new file name)")
     if not out.parent.is_dir():
         raise BackupError(f"folder {out.parent} does not exist; create it first")
-    store.backup_to(out)
+    try:
+        store.backup_to(out)
+    except (sqlite3.Error, OSError) as error:
+        out.unlink(missing_ok=True)
+        raise BackupError(f"cannot write the backup to {out}: {error}") from None
     copy = Store(out, migrate=False)
     try:
         check = copy.integrity_check()
@@ -488,8 +501,31 @@ def gold_list() -> None:
         click.echo(f"{row['id']:>6}  answer {row['gold_choice']:<8} {row['agreed']}/{row['judgments_count']} agreed  {prompt}")
 
 
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+def import_command(file: Path) -> None:
+    """Read a judgments export (`prefloop export OUT --what judgments`) into this home.
+
+    Every line is checked first: one bad line imports nothing and names the line. Importing the
+    same file twice adds nothing. Unknown annotators become disabled accounts without a password;
+    unknown model versions become lineage-only rows (status imported, no weights, never active).
+
+    Example: prefloop import backups/judgments.jsonl
+    """
+    from annotate.transfer import import_judgments
+
+    counts = import_judgments(Store(), file)
+    click.echo(
+        f"Imported {file.name}: {counts['judgments']} judgments added, "
+        f"{counts['already_present']} already present; new: {counts['prompts']} prompts, "
+        f"{counts['generations']} generations, {counts['pairs']} pairs, "
+        f"{counts['versions']} versions (lineage only), {counts['annotators']} annotators (disabled)."
+    )
+
+
 def register(group: click.Group) -> None:
-    for command in (init_command, prompts_group, stats_command, settings_group, backup_command, gold_group):
+    for command in (init_command, prompts_group, stats_command, settings_group, backup_command,
+                    gold_group, import_command):
         group.add_command(command)
 
 

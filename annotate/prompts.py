@@ -326,12 +326,28 @@ def _prompt_from_record(record: dict, where: str) -> dict:
             f"{where}: the prompt is {length:,} characters long; the limit is "
             f"{MAX_PROMPT_CHARS:,} (MAX_PROMPT_CHARS)"
         )
+    for part in [text] + [m["content"] for m in messages or []]:
+        _refuse_control_characters(part, where)
     return {
         "text": text,
         "messages": messages,
         "kind": _optional_text(record.get("kind"), "kind", where),
         "split": _record_split(record.get("split"), where),
     }
+
+
+ALLOWED_CONTROLS = "\t\n\r"
+
+
+def _refuse_control_characters(text: str, where: str) -> None:
+    """NUL, ANSI escapes (ESC) and other C0/C1 controls are never part of a real prompt; printed
+    by `prefloop prompts list` they could rewrite the maintainer's terminal."""
+    for position, char in enumerate(text, start=1):
+        if (char < " " and char not in ALLOWED_CONTROLS) or "\x7f" <= char <= "\x9f":
+            raise PromptImportError(
+                f"{where}: the prompt holds control character U+{ord(char):04X} at character "
+                f"{position}; remove it and try again"
+            )
 
 
 def _clean_messages(messages: Any, where: str) -> list[dict]:

@@ -1013,6 +1013,159 @@ class Store:
             "where x.purpose = 'gold' order by x.id"
         )
 
+    # -- security --
+    def judgment_export_rows(self) -> list[dict]:
+        """Every judgment with its full lineage by *names and texts*, never ids or hashes:
+        prompt, both generations (version name, params, seed, text), the side shown left, the
+        annotator's name. Used by ``annotate.transfer``; ordered by judgment id."""
+        rows = self.rows(
+            "select j.choice, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.created_at, "
+            "case when j.left_generation_id = x.generation_a_id then 'a' else 'b' end as shown_left, "
+            "an.name as annotator, x.purpose, x.gold_choice, x.judgments_wanted, "
+            "x.created_at as pair_created_at, p.text as prompt_text, p.messages as prompt_messages, "
+            "p.kind as prompt_kind, p.source as prompt_source, p.split as prompt_split, "
+            + ", ".join(
+                f"g{s}.{c} as g{s}_{c}"
+                for s in "ab"
+                for c in ("text", "params", "seed", "prompt_tokens", "completion_tokens",
+                          "finish_reason", "latency_ms", "created_at")
+            )
+            + ", va.name as ga_version, vb.name as gb_version "
+            "from judgments j join pairs x on x.id = j.pair_id "
+            "join prompts p on p.id = x.prompt_id "
+            "join annotators an on an.id = j.annotator_id "
+            "join generations ga on ga.id = x.generation_a_id "
+            "join generations gb on gb.id = x.generation_b_id "
+            "join model_versions va on va.id = ga.version_id "
+            "join model_versions vb on vb.id = gb.version_id order by j.id"
+        )
+        return rows
+
+    def import_judgment_records(self, records: list[dict]) -> dict[str, int]:
+        """Insert validated judgment records (``annotate.transfer`` shape) in ONE transaction.
+
+        Everything is matched by content, so importing the same file twice adds nothing:
+        prompts by content hash, versions and annotators by name, generations by (prompt,
+        version, seed, text, created_at), pairs by (generations, purpose, created_at), judgments
+        by (pair, annotator). Missing versions become lineage-only rows (status ``imported``, no
+        weights: they can never be made active); missing annotators become disabled accounts
+        with no password. New pairs are closed (``done``, or ``retired`` if judged less than
+        wanted) so they never enter a queue.
+        """
+        counts = {k: 0 for k in ("judgments", "already_present", "prompts", "versions",
+                                 "annotators", "generations", "pairs")}
+        stamp = now()
+        with self.write() as db:
+            def one(sql: str, params: list) -> Any:
+                found = db.execute(sql, params).fetchone()
+                return found[0] if found else None
+
+            new_pairs: set[int] = set()
+            for r in records:
+                prompt = r["prompt"]
+                messages = prompt.get("messages")
+                key = content_hash(dumps(messages) if messages else prompt["text"])
+                prompt_id = one("select id from prompts where content_hash = ?", [key])
+                if prompt_id is None:
+                    prompt_id = db.execute(
+                        "insert into prompts (text, messages, kind, source, split, content_hash, "
+                        "created_at) values (?, ?, ?, ?, ?, ?, ?)",
+                        [prompt["text"], dumps(messages) if messages else None, prompt.get("kind"),
+                         prompt.get("source") or "imported", prompt["split"], key, stamp],
+                    ).lastrowid
+                    counts["prompts"] += 1
+                generation_ids = []
+                for side in ("generation_a", "generation_b"):
+                    g = r[side]
+                    version_id = one("select id from model_versions where name = ?", [g["version"]])
+                    if version_id is None:
+                        version_id = db.execute(
+                            "insert into model_versions (name, parent_id, kind, path, status, card, "
+                            "created_at) values (?, null, 'imported', '', 'imported', ?, ?)",
+                            [g["version"], dumps({"imported": True, "note": "lineage only: no "
+                                                  "weights in this home"}), stamp],
+                        ).lastrowid
+                        counts["versions"] += 1
+                    generation_id = one(
+                        "select id from generations where prompt_id = ? and version_id = ? and "
+                        "seed = ? and text = ? and created_at = ?",
+                        [prompt_id, version_id, g["seed"], g["text"], g["created_at"]],
+                    )
+                    if generation_id is None:
+                        generation_id = db.execute(
+                            "insert into generations (prompt_id, version_id, text, params, seed, "
+                            "prompt_tokens, completion_tokens, finish_reason, latency_ms, created_at) "
+                            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [prompt_id, version_id, g["text"], dumps(g.get("params") or {}),
+                             g["seed"], g.get("prompt_tokens"), g.get("completion_tokens"),
+                             g.get("finish_reason"), g.get("latency_ms"), g["created_at"]],
+                        ).lastrowid
+                        counts["generations"] += 1
+                    generation_ids.append(generation_id)
+                pair = r["pair"]
+                pair_id = one(
+                    "select id from pairs where prompt_id = ? and generation_a_id = ? and "
+                    "generation_b_id = ? and purpose = ? and created_at = ?",
+                    [prompt_id, *generation_ids, pair["purpose"], pair["created_at"]],
+                )
+                if pair_id is None:
+                    pair_id = db.execute(
+                        "insert into pairs (prompt_id, generation_a_id, generation_b_id, purpose, "
+                        "judgments_wanted, judgments_count, gold_choice, status, created_at) "
+                        "values (?, ?, ?, ?, ?, 0, ?, 'done', ?)",
+                        [prompt_id, *generation_ids, pair["purpose"], pair["judgments_wanted"],
+                         pair.get("gold_choice"), pair["created_at"]],
+                    ).lastrowid
+                    new_pairs.add(pair_id)
+                    counts["pairs"] += 1
+                annotator_id = one("select id from annotators where name = ?", [r["annotator"]])
+                if annotator_id is None:
+                    annotator_id = db.execute(
+                        "insert into annotators (name, role, password_hash, active, created_at) "
+                        "values (?, 'annotator', null, 0, ?)", [r["annotator"], stamp],
+                    ).lastrowid
+                    counts["annotators"] += 1
+                if one("select id from judgments where pair_id = ? and annotator_id = ?",
+                       [pair_id, annotator_id]) is not None:
+                    counts["already_present"] += 1
+                    continue
+                left = generation_ids[0] if r["shown_left"] == "a" else generation_ids[1]
+                db.execute(
+                    "insert into judgments (pair_id, annotator_id, choice, left_generation_id, "
+                    "better_answer, reasons, comment, elapsed_ms, created_at) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [pair_id, annotator_id, r["choice"], left, r.get("better_answer"),
+                     dumps(r["reasons"]) if r.get("reasons") else None, r.get("comment"),
+                     r.get("elapsed_ms"), r["created_at"]],
+                )
+                db.execute(
+                    "insert into assignments (pair_id, annotator_id, left_generation_id, status, "
+                    "served_at) values (?, ?, ?, 'voted', ?) on conflict(pair_id, annotator_id) "
+                    "do update set status = 'voted'",
+                    [pair_id, annotator_id, left, r["created_at"]],
+                )
+                db.execute(
+                    "update pairs set judgments_count = judgments_count + 1, status = case "
+                    "when status = 'open' and judgments_count + 1 >= judgments_wanted then 'done' "
+                    "else status end where id = ?", [pair_id],
+                )
+                counts["judgments"] += 1
+            for pair_id in new_pairs:
+                db.execute(
+                    "update pairs set status = case when judgments_count >= judgments_wanted "
+                    "then 'done' else 'retired' end where id = ?", [pair_id],
+                )
+        return counts
+
+    def table_dump(self) -> dict[str, list[tuple]]:
+        """Every row of every table, sorted: tests compare it before and after to prove that a
+        refused action changed nothing."""
+        out = {}
+        for table in self.tables():
+            rows = self.db.execute(f'select * from "{table}"').fetchall()
+            out[table] = sorted(rows, key=repr)
+        return out
+
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------

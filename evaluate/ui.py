@@ -70,7 +70,8 @@ def evaluation_figures(store: Store, token: str | None, report: dict | None = No
 
 def version_names(store: Store, token: str | None) -> list[str]:
     auth.require_role(store, token, "annotator")
-    return [v["name"] for v in store.list_versions() if v["status"] != "rejected"]
+    # imported versions are lineage-only rows (annotate/transfer.py): no weights to load
+    return [v["name"] for v in store.list_versions() if v["status"] not in ("rejected", "imported")]
 
 
 def queue_battles(

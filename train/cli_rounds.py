@@ -55,6 +55,8 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
             values = json.loads(config_json)
         except json.JSONDecodeError as error:
             raise ConfigError(f"--config-json is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ConfigError('--config-json must be a JSON object, e.g. \'{"beta": 0.2}\'')
     values.update({k: v for k, v in options.items() if v is not None and v is not False})
     config = RoundConfig.from_dict(values).validate()
     store = _store()
@@ -237,13 +239,26 @@ def rounds_reject(round_id: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "hf"]), default="jsonl", show_default=True)
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
 @click.option("--plain", is_flag=True, help="plain strings instead of chat messages")
-def export_command(out: str, fmt: str, split: str, plain: bool) -> None:
+@click.option("--what", type=click.Choice(["preferences", "judgments"]), default="preferences",
+              show_default=True, help="preferences: training rows; judgments: every vote with full "
+              "lineage, JSONL, read back by `prefloop import`")
+def export_command(out: str, fmt: str, split: str, plain: bool, what: str) -> None:
     """Export preference rows (prompt / chosen / rejected + lineage) for training elsewhere.
 
-    `hf` writes a `datasets` folder (load it with `datasets.load_from_disk`).
+    `hf` writes a `datasets` folder (load it with `datasets.load_from_disk`). With
+    `--what judgments`, writes every judgment with its full lineage (a backup of the people's
+    work that `prefloop import` reads back without loss; --format/--split/--plain do not apply).
 
     Example: prefloop export --format parquet prefs.parquet --split train
     """
+    if what == "judgments":
+        from annotate.transfer import export_judgments
+
+        if fmt != "jsonl":
+            raise click.UsageError("--what judgments writes JSONL only; drop --format")
+        path, count = export_judgments(_store(), out)
+        click.echo(f"wrote {count} judgments with lineage to {path}")
+        return
     from train.dataset import export_rows
 
     path, count = export_rows(_store(), out, fmt=fmt, split=split, conversational=not plain)

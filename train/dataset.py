@@ -185,6 +185,8 @@ def check_export_target(out: str | Path) -> Path:
     if not target.parent.exists():
         raise DatasetError(f"the folder {target.parent} does not exist; create it first")
     if target.exists():
+        if not (target.is_dir() or target.is_file()):
+            raise DatasetError(f"{target} is not a regular file or folder (a device?); choose a new path")
         if target.is_dir() and any(target.iterdir()):
             raise DatasetError(f"{target} exists and is not empty; choose a new path")
         if target.is_file() and target.stat().st_size > 0:
