@@ -327,14 +327,23 @@ class Store:
         if db.conn.in_transaction:
             yield db
             return
-        _retry_locked(lambda: db.conn.execute("BEGIN IMMEDIATE"))
+        # Threads of this process queue on a lock first: SQLite's own busy handler sleeps up to
+        # 100 ms between tries, which under many app threads gave 1-2 s stalls (bench/serving.py).
+        # Other processes still meet the bounded SQLite retry below.
+        lock = _process_write_lock(self.path)
+        if not lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000 * WRITE_RETRIES):
+            raise StoreError("the database stayed busy for too long; please try again in a moment")
         try:
-            yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-        else:
-            _retry_locked(lambda: db.conn.execute("COMMIT"))
+            _retry_locked(lambda: db.conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield db
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            else:
+                _retry_locked(lambda: db.conn.execute("COMMIT"))
+        finally:
+            lock.release()
 
     def rows(self, sql: str, params: Iterable | dict | None = None) -> list[dict]:
         return _retry_locked(lambda: list(self.db.query(sql, params or [])))
@@ -563,8 +572,11 @@ class Store:
         return [_decode_version(r) for r in self.rows("select * from model_versions order by id")]
 
     def next_version_name(self) -> str:
-        count = self.scalar("select count(*) from model_versions")
-        return f"v{count}"
+        """``v<n>``, one past the highest number in use (imported lineage rows included), so
+        a new version never collides with a name that came in through ``prefloop import``."""
+        names = [r["name"] for r in self.rows("select name from model_versions where name like 'v%'")]
+        numbers = [int(name[1:]) for name in names if name[1:].isdigit()]
+        return f"v{max(numbers, default=-1) + 1}"
 
     def update_version(self, version_id: int, *, status: str | None = None, card: dict | None = None) -> None:
         with self.write() as db:
@@ -1223,6 +1235,17 @@ def _decode_round(row: dict) -> dict:
 def _iso_seconds_ago(seconds: float) -> str:
     moment = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
     return moment.isoformat(timespec="milliseconds")
+
+
+_write_locks: dict[str, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _process_write_lock(path: Path) -> threading.RLock:
+    """One lock per database file per process, shared by every Store on that file."""
+    key = str(path) if str(path) == ":memory:" else os.path.realpath(path)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.RLock())
 
 
 def _retry_locked(action, attempts: int = WRITE_RETRIES):

@@ -229,6 +229,12 @@ def test_import_into_a_home_with_other_data_merges(store, tmp_path):
     assert other.active_version()["name"] == "v0"
     assert other.queued_pairs(other.version("v0")["id"]) == 0  # imported pairs never enter a queue
     assert transfer.judgment_records(other) == transfer.judgment_records(store)
+    # the next trained version never reuses an imported name, and lineage-only rows never load
+    assert other.next_version_name() == "v2"
+    from train.models import ModelError, load_fresh
+
+    with pytest.raises(ModelError, match="lineage only"):
+        load_fresh(other, "v1")
     other.close()
 
 

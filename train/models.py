@@ -187,6 +187,12 @@ def load_fresh(store: Store, name: str, device: str = "cpu", dtype: Any = None):
     from transformers import AutoModelForCausalLM
 
     chain = store.version_chain(name)
+    imported = [v["name"] for v in chain if v["kind"] == "imported"]
+    if imported:
+        raise ModelError(
+            f"version {imported[0]!r} came from `prefloop import` as lineage only: this home has "
+            "no weights for it, so it cannot generate or train"
+        )
     base = chain[0]
     try:
         with _quiet():
