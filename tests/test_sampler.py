@@ -8,7 +8,7 @@ import pytest
 
 from annotate import sampler
 from annotate.sampler import QueueFiller, near_identical, sample_battle_pairs, sample_pairs, stream_live_pair
-from train import models
+from train import generation, models
 from train.generation import SamplingParams
 
 FAST = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6)
@@ -29,6 +29,13 @@ def generations_of(store, pair_id):
     return store.generation(pair["generation_a_id"]), store.generation(pair["generation_b_id"])
 
 
+def sampling_dtype_name() -> str:
+    """What the sampler loads a version in on this machine (float32 or bfloat16)."""
+    from train.generation import sampling_dtype
+
+    return str(sampling_dtype("cpu")).removeprefix("torch.")
+
+
 def test_pairs_record_version_params_and_two_seeds(loop):
     store = loop
     pair_ids = sample_pairs(store, "v0", n_prompts=4, params=FAST, seed=1)
@@ -39,7 +46,8 @@ def test_pairs_record_version_params_and_two_seeds(loop):
         assert pair["purpose"] == "train" and pair["status"] == "open" and pair["split"] == "train"
         a, b = generations_of(store, pair_id)
         for g in (a, b):
-            assert g["version_id"] == v0 and g["params"] == FAST.to_dict()
+            assert g["version_id"] == v0
+            assert g["params"] == {**FAST.to_dict(), "dtype": sampling_dtype_name()}
             assert g["completion_tokens"] == 6 and g["finish_reason"] == "length" and g["prompt_tokens"] > 0
             assert g["latency_ms"] > 0
         assert a["seed"] != b["seed"] and a["text"] != b["text"]
@@ -73,7 +81,7 @@ def test_near_identical_rule():
 
 def test_one_batched_decode_serves_many_prompts(loop):
     store = loop
-    model, _ = models.load_version(store, "v0")  # the cached model the sampler will use
+    model, _ = sampler.load_for_sampling(store, "v0")  # the cached model the sampler will use
     calls = []
     handle = model.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -81,7 +89,9 @@ def test_one_batched_decode_serves_many_prompts(loop):
     finally:
         handle.remove()
     assert len(pair_ids) == 6
-    assert len(calls) <= FAST.max_new_tokens  # 12 rows, one forward per token for all of them
+    # 12 rows (6 prompts): a few prefill passes of PREFILL_ROWS prompts, then one forward per
+    # token for all of them
+    assert len(calls) <= FAST.max_new_tokens - 1 + -(-6 // generation.PREFILL_ROWS)
 
 
 def test_progress_is_reported_per_batch(loop):
@@ -188,3 +198,18 @@ def test_queue_filler_survives_errors_and_recovers(loop, monkeypatch):
     finally:
         filler.stop()
     assert "error: disk on fire" in states
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_sampler_runs_versions_in_the_sampling_dtype(loop, monkeypatch, dtype):
+    import torch
+
+    monkeypatch.setenv("PREFLOOP_SAMPLING_DTYPE", dtype)
+    model, _ = sampler.load_for_sampling(loop, "v0")
+    assert next(model.parameters()).dtype == getattr(torch, dtype)
+    assert sampler.load_for_sampling(loop, "v0")[0] is model  # cached: one copy per dtype
+    pair_ids = sample_pairs(loop, "v0", n_prompts=2, params=FAST, seed=4)
+    assert len(pair_ids) == 2
+    for pair_id in pair_ids:
+        first, second = generations_of(loop, pair_id)
+        assert first["completion_tokens"] > 0 and first["text"] != second["text"]
