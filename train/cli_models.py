@@ -129,7 +129,7 @@ def models_export(name: str, out_dir: str) -> None:
 @click.option("--top-p", "top_p", type=float, help="Override the `sampling` setting's top_p.")
 @click.option("--max-new-tokens", "max_new_tokens", type=int, help="Override the `sampling` setting's max_new_tokens.")
 @click.option("--seed", type=int, help="Run seed; the same seed, settings and prompts give the same pairs.")
-@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=16, show_default=True, help="Responses decoded together (two per prompt).")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=32, show_default=True, help="Responses decoded together (two per prompt); 32 measured fastest on CPU (bench/sampling.py).")
 def sample(
     version: str | None,
     n_prompts: int,
