@@ -73,7 +73,8 @@ def build_app(store):
 
     from annotate import auth, ui
 
-    with gr.Blocks(title="prefloop") as demo:
+    # no telemetry: annotators' work stays on this machine, and offline deployments cannot reach it
+    with gr.Blocks(title="prefloop", analytics_enabled=False) as demo:
         # BrowserState: a reload keeps you signed in (the token is encrypted in localStorage with
         # a per-process secret, so a server restart signs everyone out; sessions expire anyway)
         token_state = gr.BrowserState(None, storage_key="prefloop-session")
@@ -125,8 +126,9 @@ def build_app(store):
             return annotate["load"](token)
 
         sign_in_outputs = [token_state, password, signin_message, *shell]
-        for trigger in (signin_button.click, password.submit):
-            trigger(do_sign_in, [name, password], sign_in_outputs).then(
+        # stable api names: bench/http_load.py signs in over HTTP as "/sign_in"
+        for trigger, api_name in ((signin_button.click, "sign_in"), (password.submit, "sign_in_enter")):
+            trigger(do_sign_in, [name, password], sign_in_outputs, api_name=api_name).then(
                 load_if_signed_in, [token_state], annotate["outputs"]
             )
         signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell])
@@ -168,6 +170,12 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
         filler.start()
     if store.count_maintainers() == 0:
         click.echo("note: no maintainer yet; add one: prefloop users add NAME --role maintainer")
+    # Gradio rebuilds a pandas summary of its last 10,000 events after every event, for a
+    # monitoring page we never enable: a quarter of the server's CPU under 32 annotators
+    # (py-spy, bench/serving.py). Read when the Blocks are built, so set it first.
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
     try:
         build_app(store).launch(
             server_name=host, server_port=port, show_error=False, **ui.launch_options()

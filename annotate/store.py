@@ -30,6 +30,7 @@ from sqlite_utils import Migrations
 SCHEMA_VERSION_SET = "prefloop"
 BUSY_TIMEOUT_MS = 10_000  # a round's metrics write must never make a vote fail
 WRITE_RETRIES = 8  # bounded: after ~10 s x 8 of contention we tell the user, never loop forever
+THREAD_WAIT_S = BUSY_TIMEOUT_MS / 1000 * WRITE_RETRIES  # the same bound for this process's threads
 
 CHOICES = ("a", "b", "tie", "both_bad")
 ROLES = ("annotator", "maintainer")
@@ -331,7 +332,7 @@ class Store:
         # 100 ms between tries, which under many app threads gave 1-2 s stalls (bench/serving.py).
         # Other processes still meet the bounded SQLite retry below.
         lock = _process_write_lock(self.path)
-        if not lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000 * WRITE_RETRIES):
+        if not lock.acquire(timeout=THREAD_WAIT_S):
             raise StoreError("the database stayed busy for too long; please try again in a moment")
         try:
             _retry_locked(lambda: db.conn.execute("BEGIN IMMEDIATE"))

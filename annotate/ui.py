@@ -456,26 +456,32 @@ def build_annotate_tab(store: Store, token_state) -> dict:
     def load(token):
         return next_pair(store, token)
 
+    # Gradio 6 runs each component's pre/postprocess in a worker thread of its own: 13 thread
+    # hops per vote, the largest cost left per vote (py-spy, bench/serving.py). Ours are plain
+    # strings and lists whose pre/postprocess is the identity (reason tags are re-checked in
+    # vote()), and updates (gr.update, gr.Timer) are applied either way, so skip them.
+    quick = {"outputs": screen_outputs, "concurrency_limit": None, "preprocess": False,
+             "postprocess": False}
     for side, button in vote_buttons.items():
         button.click(
             guarded(lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b)),
             inputs=[token_state, pair_state, reasons, comment, better],
-            outputs=screen_outputs,
-            concurrency_limit=None,  # a vote is one short transaction; never queue behind a stream
+            api_name=f"vote_{side}",  # stable names: bench/http_load.py drives the app over HTTP
+            **quick,  # concurrency_limit None: a vote is one short transaction, never behind a stream
         )
-    quick = {"outputs": screen_outputs, "concurrency_limit": None}
     skip_button.click(guarded(lambda token, pair: skip(store, token, pair)),
-                      inputs=[token_state, pair_state], **quick)
+                      inputs=[token_state, pair_state], api_name="skip", **quick)
     undo_button.click(guarded(lambda token, pair: undo(store, token, pair)),
-                      inputs=[token_state, pair_state], **quick)
-    refresh.click(guarded(load), inputs=[token_state], **quick)
+                      inputs=[token_state, pair_state], api_name="undo", **quick)
+    refresh.click(guarded(load), inputs=[token_state], api_name="next_pair", **quick)
 
     def poll(token, pair):
         if pair:  # a pair arrived by another route (undo, live prompt): stop polling
             return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * 3
         return guarded(load)(token)
 
-    timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", **quick)
+    timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", api_name="poll",
+               **quick)
 
     def run_live(token, text):
         try:
