@@ -240,3 +240,128 @@ def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, cap
     assert store.round(round_id)["new_version_id"]
     assert main(["--config-json", "{not json"]) == 1
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
+    """prefloop precomputes the parent's log-probs in one pass; TRL's default redoes them every step."""
+    import trl.trainer.dpo_trainer as dpo_trainer
+    from train import rounds
+
+    calls = []
+    real = dpo_trainer.use_adapter
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dpo_trainer, "use_adapter", counting)
+    store = ready_store(tiny_v0)
+    summary = rounds.run_round(store, new_round(store, max_steps=3))
+    assert summary["steps"] == 3
+    assert len(calls) == 1  # 6 rows fit one reference batch; none of the 3 steps ran the reference again
+
+    def per_step(config, on_gpu, folder):  # TRL's default: the reference runs inside every step
+        return {**rounds.recipe_settings(config, folder), "use_cpu": True, "per_device_train_batch_size": 2,
+                "max_length": 96}
+
+    calls.clear()
+    rounds.run_round(store, new_round(store, max_steps=3, all_judgments=True), settings=per_step)
+    assert len(calls) == 3  # the baseline: one reference forward inside every step
+
+
+def test_round_records_phase_times_and_peak_memory(tiny_v0):
+    from train.rounds import run_round
+
+    store = ready_store(tiny_v0)
+    round_id = new_round(store)
+    run_round(store, round_id)
+    metrics = store.round(round_id)["metrics"]
+    assert set(metrics["phase_s"]) == {"load", "prepare", "train", "heldout", "save"}
+    assert all(seconds >= 0 for seconds in metrics["phase_s"].values()) and metrics["phase_s"]["train"] > 0
+    assert 50 < metrics["peak_rss_mb"] < 64 * 1024  # torch alone is more than 50 MiB
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
+    """The speed settings are what the real trainer runs with; bf16 follows RoundConfig.precision."""
+    from train import rounds
+    from train.config import RoundConfig
+
+    store = ready_store(tiny_v0)
+    seen = {}
+    real = rounds._make_trainer
+
+    def spy(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        seen["args"] = trainer.args
+        return trainer
+
+    monkeypatch.setattr(rounds, "_make_trainer", spy)
+    rounds.run_round(store, new_round(store, method=method, precision="bf16", max_steps=1))
+    args = seen["args"]
+    assert args.bf16 is True and args.use_cpu is (not torch.cuda.is_available())
+    assert args.activation_checkpointing is False and args.per_device_train_batch_size == 2
+    assert args.max_length == 96 and args.logging_steps == 1 and args.dataloader_num_workers == 0
+    assert getattr(args, "precompute_ref_log_probs", False) is (method == "dpo")
+    assert rounds.trainer_settings(RoundConfig(precision="fp32"), False, rounds.round_dir(1))["bf16"] is False
+    assert rounds.use_bf16(RoundConfig(precision="auto"), False) == rounds.cpu_has_native_bf16()
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert rounds.use_bf16(RoundConfig(precision="auto"), True) is gpu_bf16
+
+
+def test_precision_is_validated():
+    from train.config import ConfigError, RoundConfig
+
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        RoundConfig(precision="fp16").validate()
+
+
+def test_sequence_logps_sorted_batches_keep_the_callers_order(tiny_model_dir):
+    """Held-out scoring batches rows by length; each row's log-prob must not depend on its batch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.heldout import sequence_logps
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt = [{"role": "user", "content": "Say something."}]
+    answers = ["ok " * n for n in (9, 1, 5, 14, 2)]
+    examples = [(prompt, [{"role": "assistant", "content": a}]) for a in answers]
+    together = sequence_logps(model, tokenizer, examples, batch_size=2)
+    alone = [sequence_logps(model, tokenizer, [example], batch_size=1)[0] for example in examples]
+    assert together == pytest.approx(alone, rel=1e-4, abs=1e-3)
+    assert len(set(round(v, 3) for v in alone)) == len(alone)  # distinct values: a shuffle would show
+
+
+def test_lm_head_on_completions_only_gives_the_same_log_probs(tiny_model_dir):
+    """The CPU shortcut (score only labelled positions) changes the cost, not the numbers or gradients."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from train.rounds import _completion_tokens_only
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    input_ids = torch.randint(5, 200, (3, 12))
+    labels = input_ids.clone()
+    labels[:, :5] = -100  # the prompt
+    labels[1, 9:] = -100  # padding
+
+    def run(compact: bool):
+        model.zero_grad()
+        with _completion_tokens_only(compact):
+            assert trl_utils._use_triton(torch.device("cpu")) is compact
+            out = model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out, model.lm_head.weight.grad.clone()
+
+    full, full_grad = run(False)
+    only, only_grad = run(True)
+    for name in ("log_probs", "entropy", "mean_logits"):
+        mask = labels[:, 1:] != -100
+        assert torch.allclose(getattr(full, name)[mask], getattr(only, name)[mask], atol=1e-5), name
+    assert torch.equal(full.is_top1[labels[:, 1:] != -100], only.is_top1[labels[:, 1:] != -100])
+    assert torch.allclose(full_grad, only_grad, atol=1e-5)
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored

@@ -57,15 +57,18 @@ def sequence_logps(model, tokenizer, examples, batch_size: int = 8, max_length: 
     import torch
 
     encoded = [_encode(tokenizer, prompt, completion, max_length) for prompt, completion in examples]
+    # Batches of similar length waste little on padding; results go back in the caller's order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[float] = []
+    out: list[float] = [0.0] * len(encoded)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = encoded[start : start + batch_size]
+            for start in range(0, len(order), batch_size):
+                indices = order[start : start + batch_size]
+                batch = [encoded[i] for i in indices]
                 width = max(len(ids) for ids, _ in batch)
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -78,7 +81,8 @@ def sequence_logps(model, tokenizer, examples, batch_size: int = 8, max_length: 
                 logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
                 targets = input_ids[:, 1:]
                 token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                out.extend((token_logps * scored[:, 1:]).sum(-1).tolist())
+                for i, value in zip(indices, (token_logps * scored[:, 1:]).sum(-1).tolist()):
+                    out[i] = value
     finally:
         model.train(was_training)
     return out

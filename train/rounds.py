@@ -30,6 +30,7 @@ no round (v0) learns from all of them. ``all_judgments=True`` uses every train j
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -250,8 +251,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run_round(store: Store, round_id: int) -> dict:
-    """Train a pending round in this process; returns its summary. Raises RoundError on failure."""
+def run_round(store: Store, round_id: int, *, settings: Callable[[RoundConfig, bool, Path], dict] | None = None) -> dict:
+    """Train a pending round in this process; returns its summary. Raises RoundError on failure.
+
+    ``settings`` replaces :func:`trainer_settings` (the DPOConfig/ORPOConfig fields); only
+    bench/round_time.py passes it, to time the same round under TRL's defaults.
+    """
     current = store.round(round_id)
     if current is None:
         raise RoundError(f"no round {round_id}")
@@ -264,7 +269,7 @@ def run_round(store: Store, round_id: int) -> dict:
         store.update_round(round_id, status="running", started_at=now(), heartbeat_at=now(), pid=os.getpid(), progress=0.0)
         heartbeat.start()
     try:
-        summary = _train(store, current, config, main)
+        summary = _train(store, current, config, main, settings or trainer_settings)
     except BaseException as error:
         reason = failure_reason(error, round_id)
         traceback.print_exc()
@@ -316,11 +321,12 @@ class _Heartbeat:
                 pass  # a busy database delays one beat; the stale limit is far longer
 
 
-def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict:
+def _train(store: Store, current: dict, config: RoundConfig, main: bool, settings) -> dict:
     import torch
 
     from train import models
 
+    clock = _PhaseClock()
     round_id = current["id"]
     parent = store.require_version(current["parent_version_id"])
     started = time.monotonic()
@@ -343,8 +349,14 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict
     torch.manual_seed(config.seed)
     # A fresh copy: load_version's cached model is shared with the sampler and must not change.
     model, _ = models.load_fresh(store, parent["name"], device, torch.float32)
-    trainer = _make_trainer(model, tokenizer, training_columns(rows), config, folder, on_gpu, store, round_id, main)
-    output = trainer.train()
+    clock.lap("load")
+    # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
+    fields = settings(config, on_gpu, folder)
+    with _completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
+        trainer = _make_trainer(model, tokenizer, training_columns(rows), config, on_gpu, store, round_id, main, fields)
+        clock.lap("prepare")
+        output = trainer.train()
+        clock.lap("train")
     peft_model = trainer.model
     if not main:
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
@@ -352,11 +364,14 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict
     store.update_round(round_id, progress=0.92)
     heldout_rows = build_preference_rows(store, split="heldout")
     accuracy = _adapter_accuracy(peft_model, tokenizer, heldout_rows, config.max_length) if heldout_rows else None
+    clock.lap("heldout")
     final = _last_values(store.round_metrics(round_id))
     metrics = {
         "train_loss": output.training_loss,
         "steps": output.global_step,
         "train_runtime_s": round(time.monotonic() - started, 1),
+        "phase_s": clock.phases,
+        "peak_rss_mb": peak_rss_mb(),
         "final": final,
         "heldout_accuracy": accuracy,
         "heldout_rows": len(heldout_rows),
@@ -376,6 +391,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool) -> dict
         "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final", "heldout_accuracy", "heldout_rows")},
     }
     version = models.register_adapter_version(store, parent["name"], peft_model.save_pretrained, card)
+    clock.lap("save")
+    metrics["phase_s"] = clock.phases
     store.update_round(round_id, new_version_id=version["id"], progress=0.97)
 
     threshold = float(store.get_setting("promotion_min_accuracy"))
@@ -408,7 +425,85 @@ def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tupl
     return kept, len(rows) - len(kept)
 
 
-def _make_trainer(model, tokenizer, rows, config: RoundConfig, folder: Path, on_gpu: bool, store, round_id, main):
+def recipe_settings(config: RoundConfig, folder: Path) -> dict:
+    """What the round learns: the optimisation recipe from RoundConfig, and where the trainer writes.
+
+    These are the same in prefloop's round and in the "TRL defaults" baseline of
+    bench/round_time.py, so the two train the same thing and differ only in how fast.
+    """
+    settings = dict(
+        output_dir=str(folder / "trainer"),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        beta=config.beta,
+        seed=config.seed,
+        save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
+        report_to="none",
+        disable_tqdm=True,  # progress goes to the database; the log file stays readable
+    )
+    if config.method == "dpo" and config.nll_weight:
+        settings.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.nll_weight])
+    return settings
+
+
+def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
+    """Every DPOConfig/ORPOConfig field a round sets: the recipe, plus what makes it fast.
+
+    The speed settings were chosen from a profile of a round on the bundled model, each with its
+    reason beside it (README, "Round time and round memory"; bench/round_time.py measures the
+    round against the same round under TRL's defaults).
+    """
+    settings = recipe_settings(config, folder)
+    settings.update(
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        max_length=config.max_length,  # TRL's default is 1024; the collator pads to the batch's longest anyway
+        logging_steps=1,  # one row of metrics per step for the Train tab; costs nothing measurable
+        # TRL turns checkpointing on by default: it re-runs every forward during backward (a third
+        # more compute) to save activation memory a 135M model does not need.
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        # bf16 autocast where the hardware does bf16 natively (weights and optimizer stay fp32).
+        bf16=use_bf16(config, on_gpu),
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,  # tokenised rows are in memory: worker processes only add startup
+    )
+    if config.method == "dpo":
+        # The reference is the parent and never changes during a round: run it once over the rows,
+        # in big batches, instead of once per row per epoch inside every training step.
+        settings.update(precompute_ref_log_probs=True, precompute_ref_batch_size=max(16, config.batch_size))
+    # Not a TRL field (_train takes it out before building the trainer): see _completion_tokens_only.
+    settings[COMPLETION_ONLY] = True
+    return settings
+
+
+COMPLETION_ONLY = "prefloop_lm_head_on_completions_only"
+
+
+@contextlib.contextmanager
+def _completion_tokens_only(enabled: bool):
+    """Project only the answer tokens through the LM head, on CPU too.
+
+    TRL 1.16's fused LM head scores only positions with a label on Triton devices (CUDA, XPU) and
+    every position elsewhere, so that Neuron sees one tile shape. On CPU that runs the 49k-word
+    head and its soft-max statistics over the prompt and the padding as well: the profile put it at
+    about half of the reference pass. The switch is TRL's own (``compact``), read at each call.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def _make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, store, round_id, main, fields: dict):
     from datasets import Dataset
     from peft import LoraConfig
 
@@ -419,51 +514,57 @@ def _make_trainer(model, tokenizer, rows, config: RoundConfig, folder: Path, on_
         target_modules="all-linear",  # every attention and MLP projection (not the LM head)
         task_type="CAUSAL_LM",
     )
-    common = dict(
-        output_dir=str(folder / "trainer"),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        beta=config.beta,
-        max_length=config.max_length,
-        seed=config.seed,
-        logging_steps=1,
-        save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
-        report_to="none",
-        disable_tqdm=True,  # progress goes to the database; the log file stays readable
-        gradient_checkpointing=config.gradient_checkpointing,
-        bf16=on_gpu and _bf16_ok(),
-        use_cpu=not on_gpu,
-        dataloader_num_workers=0,
-    )
-    dataset = Dataset.from_list(rows)
+    # Shortest first: the one reference pass runs over the rows in order, so its batches hold rows of
+    # similar length (little padding). Training draws random batches whatever the order.
+    dataset = Dataset.from_list(sorted(rows, key=_row_length))
     callbacks = [_progress_callback(store, round_id)] if main else []
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.nll_weight]} if config.nll_weight else {}
-        args = DPOConfig(**common, **loss)
         # ref_model=None with a peft_config: the reference is the adapter-disabled model, the parent.
         return DPOTrainer(
-            model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+            model=model, ref_model=None, args=DPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
             peft_config=peft_config, callbacks=callbacks,
         )
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    args = ORPOConfig(**common)
     return ORPOTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model, args=ORPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=callbacks,
     )
 
 
-def _bf16_ok() -> bool:
+def _row_length(row: dict) -> int:
+    """Characters of the prompt and the longer answer: a tokenizer-free proxy of the padded length."""
+    prompt = sum(len(m["content"]) for m in row["prompt"])
+    return prompt + max(len(row["chosen"][0]["content"]), len(row["rejected"][0]["content"]))
+
+
+def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
+    """Whether the round trains under bf16 autocast (see RoundConfig.precision)."""
+    if config.precision != "auto":
+        return config.precision == "bf16"
+    return _gpu_bf16() if on_gpu else cpu_has_native_bf16()
+
+
+def _gpu_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls in hardware. Elsewhere bf16 on CPU is emulated and slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: read the flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def _progress_callback(store: Store, round_id: int):
@@ -497,6 +598,35 @@ def _adapter_accuracy(peft_model, tokenizer, rows: list[dict], max_length: int) 
     with peft_model.disable_adapter():
         reference = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
     return sum(1 for p, r in zip(policy, reference) if p - r > 0) / len(rows)
+
+
+class _PhaseClock:
+    """Wall seconds per phase of a round (load, prepare, train, heldout, save), for the round's metrics."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        moment = time.monotonic()
+        self.phases[name] = round(moment - self._last, 2)
+        self._last = moment
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM) in MiB; None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except (ImportError, OSError):
+        return None
 
 
 def _last_values(metric_rows: list[dict]) -> dict[str, float]:
