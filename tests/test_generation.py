@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train import generation
+from train import generation, models
 from train.generation import SamplingError, SamplingParams, encode_conversation, generate, stream
 
 
@@ -233,10 +233,10 @@ def test_sampling_dtype_prefers_native_bf16_and_obeys_the_override(monkeypatch):
     import torch
 
     monkeypatch.delenv("PREFLOOP_SAMPLING_DTYPE", raising=False)
-    monkeypatch.setattr(generation, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert generation.sampling_dtype("cpu") == torch.bfloat16
     assert generation.sampling_dtype("cuda") is None  # load_version's GPU default
-    monkeypatch.setattr(generation, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
     assert generation.sampling_dtype("cpu") == torch.float32
     monkeypatch.setenv("PREFLOOP_SAMPLING_DTYPE", "bfloat16")
     assert generation.sampling_dtype("cpu") == torch.bfloat16

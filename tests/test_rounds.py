@@ -304,7 +304,12 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
     assert args.max_length == 96 and args.logging_steps == 1 and args.dataloader_num_workers == 0
     assert getattr(args, "precompute_ref_log_probs", False) is (method == "dpo")
     assert rounds.trainer_settings(RoundConfig(precision="fp32"), False, rounds.round_dir(1))["bf16"] is False
-    assert rounds.use_bf16(RoundConfig(precision="auto"), False) == rounds.cpu_has_native_bf16()
+    from train.models import cpu_has_native_bf16
+
+    assert rounds.use_bf16(RoundConfig(precision="auto"), False) == cpu_has_native_bf16()
+    # TRL zeroes every dropout unless told otherwise: a nonzero lora_dropout must survive
+    assert args.disable_dropout is True
+    assert rounds.trainer_settings(RoundConfig(lora_dropout=0.1), False, rounds.round_dir(1))["disable_dropout"] is False
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     assert rounds.use_bf16(RoundConfig(precision="auto"), True) is gpu_bf16
 

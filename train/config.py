@@ -68,8 +68,8 @@ class RoundConfig:
         metadata={"help": "LoRA scaling numerator (effective scale alpha / r)"},
     )
     lora_dropout: float = field(
-        default=0.05,  # a little regularisation for tiny datasets
-        metadata={"help": "dropout on the LoRA input"},
+        default=0.0,  # TRL's recipe: no dropout, so policy and reference see the same network
+        metadata={"help": "dropout on the LoRA input (above 0 also keeps the model's own dropout on)"},
     )
     max_length: int = field(
         default=512,  # prompt + response; SmolLM answers are short, and this keeps CPU rounds fast

@@ -177,19 +177,9 @@ def sampling_dtype(device: str = "cpu"):
         return getattr(torch, chosen)
     if not device.startswith("cpu"):
         return None
-    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+    from train.models import cpu_has_native_bf16
 
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:

@@ -237,6 +237,22 @@ def default_device() -> str:
     return "cpu"
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls in hardware. Elsewhere bf16 on CPU is emulated and slower
+    than fp32. The sampler (train.generation.sampling_dtype) and rounds (train.rounds.use_bf16)
+    both ask here."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: read the flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 # --------------------------------------------------------------------------------------------
 # new versions, promotion, rollback, export
 # --------------------------------------------------------------------------------------------

@@ -468,6 +468,8 @@ def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
         bf16=use_bf16(config, on_gpu),
         use_cpu=not on_gpu,
         dataloader_num_workers=0,  # tokenised rows are in memory: worker processes only add startup
+        # TRL zeroes every dropout (LoRA's too) unless told not to: honour a nonzero lora_dropout
+        disable_dropout=config.lora_dropout == 0,
     )
     if config.method == "dpo":
         # The reference is the parent and never changes during a round: run it once over the rows,
@@ -544,6 +546,8 @@ def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
     """Whether the round trains under bf16 autocast (see RoundConfig.precision)."""
     if config.precision != "auto":
         return config.precision == "bf16"
+    from train.models import cpu_has_native_bf16
+
     return _gpu_bf16() if on_gpu else cpu_has_native_bf16()
 
 
@@ -551,20 +555,6 @@ def _gpu_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls in hardware. Elsewhere bf16 on CPU is emulated and slower than fp32."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: read the flags
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def _progress_callback(store: Store, round_id: int):
