@@ -47,10 +47,18 @@ def _home(home, tiny_model_dir, annotators: int, pairs: int, seed_votes: int = 0
 
         store = Store()
         seeder = auth.create_user(store, SEED_ANNOTATOR, PASSWORD, "annotator")
-        for pair_id in range(1, seed_votes + 1):
-            pair = store.pair(pair_id)
-            store.assign_pair(seeder, pair_id, pair["generation_a_id"])
-            store.record_judgment(seeder, pair_id, "a" if pair_id % 3 else "b")
+        version = store.require_version("v0")
+        # pairs of their own, closed by this one vote: the load's votes on queued pairs can end in
+        # a plurality draw (no row), so the round's rows must not depend on them
+        for i, prompt in enumerate(store.list_prompts(split="train", limit=seed_votes)):
+            pair_id = store.add_pair(
+                prompt["id"],
+                {"version_id": version["id"], "text": f"A seeded answer {i}, plain.", "seed": 1, "params": {}},
+                {"version_id": version["id"], "text": f"Another seeded answer {i}.", "seed": 2, "params": {}},
+                judgments_wanted=1,
+            )
+            store.assign_pair(seeder, pair_id, store.pair(pair_id)["generation_a_id"])
+            store.record_judgment(seeder, pair_id, "a" if i % 3 else "b")
     return names
 
 
