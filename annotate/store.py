@@ -38,6 +38,19 @@ SPLITS = ("train", "heldout")
 PAIR_PURPOSES = ("train", "arena", "gold", "live")
 
 
+# a judgment with its pair, prompt, annotator and both generations and their versions: aliases
+# j, x, p, an, ga, gb, va, vb (every lineage query reads the same joins)
+_JUDGMENT_LINEAGE_JOINS = (
+    "from judgments j join pairs x on x.id = j.pair_id "
+    "join prompts p on p.id = x.prompt_id "
+    "join annotators an on an.id = j.annotator_id "
+    "join generations ga on ga.id = x.generation_a_id "
+    "join generations gb on gb.id = x.generation_b_id "
+    "join model_versions va on va.id = ga.version_id "
+    "join model_versions vb on vb.id = gb.version_id "
+)
+
+
 class StoreError(Exception):
     """A problem a user can act on; the message says what and is safe to show."""
 
@@ -864,14 +877,8 @@ class Store:
             "ga.id as generation_a_id, ga.text as text_a, ga.version_id as version_a_id, "
             "gb.id as generation_b_id, gb.text as text_b, gb.version_id as version_b_id, "
             "va.name as version_a, vb.name as version_b "
-            "from judgments j join pairs x on x.id = j.pair_id "
-            "join prompts p on p.id = x.prompt_id "
-            "join annotators an on an.id = j.annotator_id "
-            "join generations ga on ga.id = x.generation_a_id "
-            "join generations gb on gb.id = x.generation_b_id "
-            "join model_versions va on va.id = ga.version_id "
-            "join model_versions vb on vb.id = gb.version_id "
-            f"where j.id > ? and x.purpose in ({marks}) order by j.id",
+            + _JUDGMENT_LINEAGE_JOINS
+            + f"where j.id > ? and x.purpose in ({marks}) order by j.id",
             [since_id, *purposes],
         )
 
@@ -1044,13 +1051,8 @@ class Store:
                           "finish_reason", "latency_ms", "created_at")
             )
             + ", va.name as ga_version, vb.name as gb_version "
-            "from judgments j join pairs x on x.id = j.pair_id "
-            "join prompts p on p.id = x.prompt_id "
-            "join annotators an on an.id = j.annotator_id "
-            "join generations ga on ga.id = x.generation_a_id "
-            "join generations gb on gb.id = x.generation_b_id "
-            "join model_versions va on va.id = ga.version_id "
-            "join model_versions vb on vb.id = gb.version_id order by j.id"
+            + _JUDGMENT_LINEAGE_JOINS
+            + "order by j.id"
         )
         return rows
 

@@ -62,35 +62,42 @@ class GradioSession:
 
     def call(self, api_name: str, data: list) -> tuple[list, float | None]:
         """Run one event; returns (output values, server-side handler seconds)."""
-        body = {
-            "data": data, "fn_index": self.fn_index[api_name], "session_hash": self.session_hash,
-            "event_data": None, "trigger_id": None,
-        }
-        joined = self.http.post(f"{self.url}{API}/queue/join", json=body)
-        if joined.status_code != 200:
-            raise LoadError(f"{api_name}: queue/join answered {joined.status_code}: {joined.text[:200]}")
-        event_id = joined.json()["event_id"]
-        with self.http.stream(
-            "GET", f"{self.url}{API}/queue/data", params={"session_hash": self.session_hash}
-        ) as stream:
-            for line in stream.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                message = json.loads(line[5:])
-                if message.get("event_id") not in (None, event_id):
-                    continue
-                kind = message.get("msg")
-                if kind == "process_completed":
-                    output = message.get("output") or {}
-                    if not message.get("success"):
-                        raise LoadError(f"{api_name}: {output.get('error') or 'failed'}")
-                    return output["data"], output.get("duration")
-                if kind == "close_stream" or message.get("message") == "server_stopped":
-                    break
+        for message in queue_messages(
+            self.http, f"{self.url}{API}", self.fn_index[api_name], data, self.session_hash
+        ):
+            if message.get("msg") == "process_completed":
+                output = message.get("output") or {}
+                if not message.get("success"):
+                    raise LoadError(f"{api_name}: {output.get('error') or 'failed'}")
+                return output["data"], output.get("duration")
         raise LoadError(f"{api_name}: the event stream ended before the result")
 
     def close(self) -> None:
         self.http.close()
+
+
+def queue_messages(http: httpx.Client, api_base: str, fn_index: int, data: list, session_hash: str):
+    """Run one event through Gradio's queue the way the browser does (``queue/join``, then the
+    session's event stream) and yield its messages up to ``process_completed`` or the stream's end."""
+    joined = http.post(f"{api_base}/queue/join", json={
+        "data": data, "fn_index": fn_index, "session_hash": session_hash,
+        "event_data": None, "trigger_id": None,
+    })
+    if joined.status_code != 200:
+        raise LoadError(f"fn {fn_index}: queue/join answered {joined.status_code}: {joined.text[:200]}")
+    event_id = joined.json()["event_id"]
+    with http.stream("GET", f"{api_base}/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("event_id") not in (None, event_id):
+                continue
+            if message.get("msg") == "close_stream" or message.get("message") == "server_stopped":
+                return
+            yield message
+            if message.get("msg") == "process_completed":
+                return
 
 
 def fn_indexes(url: str) -> dict[str, int]:

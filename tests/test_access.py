@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from annotate import auth, ui
+from bench.http_load import queue_messages
 from annotate.store import Store
 from test_backup_export import PASSWORDS, SECRETS, populate
 
@@ -73,30 +74,14 @@ class AppClient:
     def call(self, fn_index: int, data: list, session: str | None = None) -> dict:
         """{'ok': bool, 'outputs': [every data message], 'error': str|None}."""
         session = session or uuid.uuid4().hex
-        joined = self.http.post(f"{self.prefix}/queue/join", json={
-            "data": data, "fn_index": fn_index, "session_hash": session,
-            "event_data": None, "trigger_id": None,
-        })
-        assert joined.status_code == 200, joined.text
-        event_id = joined.json()["event_id"]
         outputs, error, ok = [], None, False
-        with self.http.stream("GET", f"{self.prefix}/queue/data",
-                              params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                message = json.loads(line[5:])
-                if message.get("event_id") not in (None, event_id):
-                    continue
-                if message.get("msg") in ("process_generating", "process_completed"):
-                    output = message.get("output") or {}
-                    outputs.append(output.get("data"))
-                    if message["msg"] == "process_completed":
-                        ok = bool(message.get("success"))
-                        error = output.get("error")
-                        break
-                if message.get("msg") == "close_stream":
-                    break
+        for message in queue_messages(self.http, self.prefix, fn_index, data, session):
+            if message.get("msg") in ("process_generating", "process_completed"):
+                output = message.get("output") or {}
+                outputs.append(output.get("data"))
+                if message["msg"] == "process_completed":
+                    ok = bool(message.get("success"))
+                    error = output.get("error")
         return {"ok": ok, "outputs": outputs, "error": error}
 
     def close(self):

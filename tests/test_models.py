@@ -143,6 +143,16 @@ def test_bad_base_model_path_is_a_clear_error(store, tmp_path):
     assert store.list_versions() == [] and store.list_annotators() == []
 
 
+def test_a_failed_conversion_in_the_child_is_one_clear_error(tmp_path):
+    """The bundled GGUF converts in a child process (its memory goes back to the OS); a failure
+    there must still reach the user as a ModelError naming the file, not a child's traceback."""
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(models.ModelError, match=r"^converting broken.gguf failed: \S"):
+        models._convert_gguf_in_child(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_bundled_model_knows_the_capital_of_france(store):
     from train.generation import SamplingParams, generate

@@ -64,6 +64,38 @@ def bundled_gguf() -> Path:
 # --------------------------------------------------------------------------------------------
 # v0
 # --------------------------------------------------------------------------------------------
+_CONVERT_CHILD = """
+import sys
+from pathlib import Path
+from annotate.store import StoreError
+from train.models import convert_gguf
+try:
+    convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))
+except StoreError as error:
+    print(f"prefloop-error: {error}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _convert_gguf_in_child(gguf, out) -> None:
+    """convert_gguf in a child process. The conversion dequantises the GGUF and holds a float32
+    copy; memory a Python process rarely gives back, so a first `prefloop serve` that converted
+    in-process kept it for its whole life (bench/memory.py: 1.85 GiB peak against 1.28 GiB)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _CONVERT_CHILD, str(gguf), str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=str(Path(__file__).resolve().parent.parent),  # the package, installed or not
+    )
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        said = [line.removeprefix("prefloop-error: ") for line in lines if line.startswith("prefloop-error: ")]
+        raise ModelError(said[-1] if said else f"converting {Path(gguf).name} failed: "
+                         + (lines[-1] if lines else f"exit status {result.returncode}"))
+
+
 def create_base_version(store: Store, base_model: str | None = None, name: str = "v0") -> dict:
     """Register the base version and make it active if nothing is active yet.
 
@@ -74,7 +106,7 @@ def create_base_version(store: Store, base_model: str | None = None, name: str =
         raise ModelError(f"model version {name!r} already exists")
     if base_model is None:
         target = models_dir() / name
-        _atomic_write_dir(target, lambda tmp: convert_gguf(bundled_gguf(), tmp))
+        _atomic_write_dir(target, lambda tmp: _convert_gguf_in_child(bundled_gguf(), tmp))
         card = {"base": BUNDLED_NAME, "source": str(bundled_gguf()), "method": "base"}
         path = str(target.relative_to(prefloop_home()))
     else:
