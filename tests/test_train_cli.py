@@ -70,8 +70,11 @@ def test_train_waits_on_a_child_with_a_progress_bar(tiny_v0):
 
 def test_create_only_prints_the_round_id(tiny_v0):
     add_judged_pairs(tiny_v0, 2)
-    result = invoke("train", "--create-only", "--min-new-pairs", "1")
+    result = invoke("train", "--create-only", "--min-new-pairs", "1", "--precision", "fp32")
     assert result.output.strip() == "1" and tiny_v0.round(1)["status"] == "pending"
+    assert tiny_v0.round(1)["config"]["precision"] == "fp32"
+    bad = CliRunner().invoke(cli, ["train", "--create-only", "--precision", "fp16"])
+    assert bad.exit_code == 2 and "fp16" in bad.output and len(tiny_v0.list_rounds()) == 1
 
 
 def test_export_command(tiny_v0, tmp_path):
@@ -119,6 +122,7 @@ def test_ui_handlers_run_the_loop(tiny_v0):
     store.set_setting("promotion_min_accuracy", 1.01)
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4)
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 50.0, 1, 0.1, 4, 0)
+    assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
     add_judged_pairs(store, 4)
     assert "4 new preference pairs" in ui.readiness_text(store, boss)
     from train.config import RoundConfig

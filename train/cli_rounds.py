@@ -31,6 +31,8 @@ def _store() -> Store:
 @click.option("--batch-size", type=int, default=None, help="pairs per step (default 4)")
 @click.option("--max-length", type=int, default=None, help="tokens per prompt+response (default 512)")
 @click.option("--nll-weight", type=float, default=None, help="DPO: weight of an added NLL loss (default 0)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="auto (default): bf16 where the hardware computes it natively, else fp32")
 @click.option("--min-new-pairs", type=int, default=None, help="override the readiness gate for this round")
 @click.option("--all-judgments", is_flag=True, help="train on every train judgment, not only new ones")
 @click.option("--config-json", default=None, help="any RoundConfig fields as JSON (options above win)")

@@ -24,7 +24,7 @@ REFRESH_SECONDS = 2.0
 # --------------------------------------------------------------------------------------------
 def start_round_action(
     store: Store, token: str | None, method: str, learning_rate: float, epochs: float, beta: float,
-    lora_rank: int, min_new_pairs: int | None = None,
+    lora_rank: int, min_new_pairs: int | None = None, precision: str = "auto",
 ) -> str:
     """Start a round in a child process; returns a message for the page."""
     try:
@@ -36,6 +36,7 @@ def start_round_action(
             method=method, learning_rate=float(learning_rate), epochs=float(epochs), beta=float(beta),
             lora_rank=int(lora_rank), lora_alpha=2 * int(lora_rank),
             min_new_pairs=None if min_new_pairs in (None, "") else int(min_new_pairs),
+            precision=precision,
         ).validate()
         round_id = start_round(store, config)
     except StoreError as error:
@@ -123,7 +124,7 @@ def build_train_tab(store: Store, token_state) -> dict:
     """
     import gradio as gr
 
-    from train.config import RoundConfig
+    from train.config import PRECISIONS, RoundConfig
 
     defaults = RoundConfig()
     ready = gr.Markdown()
@@ -134,6 +135,8 @@ def build_train_tab(store: Store, token_state) -> dict:
         beta = gr.Number(value=defaults.beta, label="beta")
         lora_rank = gr.Number(value=defaults.lora_rank, label="LoRA rank", precision=0, minimum=1)
         min_pairs = gr.Number(value=None, label="min new pairs (blank: setting)", precision=0)
+        precision = gr.Radio(list(PRECISIONS), value=defaults.precision, label="precision",
+                             info="auto: bf16 where the hardware computes it natively")
     start = gr.Button("Start round", variant="primary")
     message = gr.Markdown()
     with gr.Row():
@@ -162,7 +165,7 @@ def build_train_tab(store: Store, token_state) -> dict:
     quiet = dict(show_progress="hidden")
     timer.tick(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
     chosen_round.change(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
-    start.click(lambda *values: start_round_action(store, *values), inputs=[token_state, method, learning_rate, epochs, beta, lora_rank, min_pairs],
+    start.click(lambda *values: start_round_action(store, *values), inputs=[token_state, method, learning_rate, epochs, beta, lora_rank, min_pairs, precision],
                 outputs=[message], concurrency_limit=1)
     promote.click(lambda t, r: decide_action(store, t, "promote", r), inputs=[token_state, chosen_round], outputs=[message])
     reject.click(lambda t, r: decide_action(store, t, "reject", r), inputs=[token_state, chosen_round], outputs=[message])
