@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import threading
 import time
+import unicodedata
 from collections import defaultdict, deque
 
 from argon2 import PasswordHasher
@@ -35,15 +36,47 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+# Scripts that legitimately mix in one name (UTS #39 "highly restrictive": Latin with Han and
+# the Japanese kana, Korean Hangul or Chinese Bopomofo); any other mix is refused as a lookalike.
+_EAST_ASIAN_SCRIPTS = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO"}
+
+
+def _letter_scripts(name: str) -> set[str]:
+    """The scripts of a name's letters, by the first word of each letter's Unicode name."""
+    return {unicodedata.name(c, "?").split(" ")[0] for c in name if c.isalpha()}
+
+
+def normal_name(name: str | None) -> str:
+    """The stored form of a typed name: trimmed, NFKC (fullwidth and styled letters made plain)."""
+    return unicodedata.normalize("NFKC", (name or "").strip())
+
+
+def name_key(name: str) -> str:
+    """What two names must not share: 'Alice', 'alice' and fullwidth 'ａｌｉｃｅ' are one person."""
+    return normal_name(name).casefold()
+
+
 def validate_name(name: str) -> str:
-    name = (name or "").strip()
+    """A name in NFKC form, or AuthError.
+
+    Why so strict: votes and the audit trail are read by name, so 'аlice' with a Cyrillic 'а'
+    must not pass for 'alice'.
+    """
+    name = normal_name(name)
     if not (1 <= len(name) <= 64) or not all(c.isalnum() or c in "._-@" for c in name):
         raise AuthError("user names are 1-64 letters, digits or . _ - @")
+    scripts = _letter_scripts(name)
+    others = scripts - {"LATIN"} - _EAST_ASIAN_SCRIPTS  # Cyrillic, Greek, ...: only on their own
+    if len(others) > 1 or (others and scripts - others):
+        raise AuthError(f"user names use one alphabet; this one mixes {', '.join(sorted(scripts))}")
     return name
 
 
 def create_user(store: Store, name: str, password: str, role: str = "annotator") -> int:
     name = validate_name(name)
+    twin = next((u["name"] for u in store.list_annotators() if name_key(u["name"]) == name_key(name)), None)
+    if twin is not None and twin != name:
+        raise AuthError(f"user name {name!r} is too close to the existing {twin!r}; choose another")
     if role not in ROLES:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
     if len(password or "") < MIN_PASSWORD_LENGTH:
@@ -53,7 +86,7 @@ def create_user(store: Store, name: str, password: str, role: str = "annotator")
 
 def change_password(store: Store, name: str, password: str) -> None:
     """New password hash; every open session of that user ends."""
-    user = store.annotator_by_name((name or "").strip())
+    user = store.annotator_by_name(normal_name(name))
     if user is None:
         raise AuthError(f"no user named {name!r}")
     if len(password or "") < MIN_PASSWORD_LENGTH:
@@ -91,10 +124,10 @@ sign_in_limiter = _RateLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_S)
 
 def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[str, dict]:
     """Check a password; returns (session token, annotator row). Failures say nothing specific."""
-    keys = [f"name:{(name or '').strip().lower()}"] + ([f"client:{client}"] if client else [])
+    keys = [f"name:{name_key(name)}"] + ([f"client:{client}"] if client else [])
     if any(sign_in_limiter.blocked(k) for k in keys):
         raise AuthError(f"too many failed sign-ins; wait {SIGN_IN_WINDOW_S} seconds and try again")
-    user = store.annotator_by_name((name or "").strip())
+    user = store.annotator_by_name(normal_name(name))
     ok = False
     if user and user["active"] and user["password_hash"]:
         try:

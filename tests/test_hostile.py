@@ -108,6 +108,10 @@ REFUSED = [
     ("user-html-name", {}, ["users", "add", "<img src=x onerror=alert(1)>", "--password-env", "PF_PW"], "user names are"),
     ("user-traversal-name", {}, ["users", "add", "../../etc/passwd", "--password-env", "PF_PW"], "user names are"),
     ("user-disable-sql", {}, ["users", "disable", SQL], "no user named"),
+    ("user-cyrillic-lookalike", {}, ["users", "add", "\u0430lice", "--password-env", "PF_PW"], "mixes CYRILLIC, LATIN"),
+    ("user-greek-lookalike", {}, ["users", "add", "b\u03bfb", "--password-env", "PF_PW"], "mixes GREEK, LATIN"),
+    ("user-case-twin", {}, ["users", "add", "Alice", "--password-env", "PF_PW"], "too close to the existing 'alice'"),
+    ("user-fullwidth-twin", {}, ["users", "add", "\uff21lice", "--password-env", "PF_PW"], "too close to the existing 'alice'"),
 ]
 
 
@@ -163,6 +167,18 @@ def test_odd_but_valid_files_import_as_plain_data(store, tmp_path, name, filenam
     assert set(store.tables()) >= {"judgments", "prompts", "annotators"}
     listed = CliRunner().invoke(cli, ["prompts", "list"])
     assert listed.exit_code == 0 and "\x1b" not in listed.output
+
+
+def test_names_in_one_script_are_accepted_and_styled_letters_sign_in_as_plain(store):
+    """The lookalike rules must not lock out real names: any single script, or Latin with CJK."""
+    for name in ("Jos\u00e9", "\u0418\u0432\u0430\u043d", "\u5c71\u7530taro", "\u3055\u304f\u3089\u30b5\u30af\u30e9", "a.b-c_d@e"):
+        auth.create_user(store, name, "a-good-password")
+    auth.create_user(store, "\uff42\uff4f\uff42", "a-good-password")  # fullwidth: stored as plain 'bob'
+    names = [u["name"] for u in store.list_annotators()]
+    assert "bob" in names and "\u0418\u0432\u0430\u043d" in names and len(names) == 6
+    assert auth.sign_in(store, "\uff42\uff4f\uff42", "a-good-password")[1]["name"] == "bob"
+    with pytest.raises(auth.AuthError, match="wrong name or password"):
+        auth.sign_in(store, "BOB", "a-good-password")  # names are not case-insensitive logins
 
 
 # -- hostile text: prompts, model outputs, comments ------------------------------------------------
