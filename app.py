@@ -11,6 +11,7 @@ This module only wires things: the work lives in annotate/, train/ and evaluate/
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -75,9 +76,10 @@ def build_app(store):
 
     # no telemetry: annotators' work stays on this machine, and offline deployments cannot reach it
     with gr.Blocks(title="prefloop", analytics_enabled=False) as demo:
-        # BrowserState: a reload keeps you signed in (the token is encrypted in localStorage with
-        # a per-process secret, so a server restart signs everyone out; sessions expire anyway)
-        token_state = gr.BrowserState(None, storage_key="prefloop-session")
+        # BrowserState: a reload or a server restart keeps you signed in until the session expires
+        # (the token is encrypted in localStorage with a key kept beside the database)
+        token_state = gr.BrowserState(None, storage_key="prefloop-session",
+                                      secret=auth.browser_secret(Path(store.path).parent))
         signin_column, name, password, signin_button, signin_message = ui.build_sign_in(store)
         with gr.Column(visible=False, elem_id="pf-main") as main_column:
             with gr.Row(equal_height=True):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import secrets
 import threading
 import time
 import unicodedata
 from collections import defaultdict, deque
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -30,6 +32,29 @@ _hasher = PasswordHasher()
 
 class AuthError(StoreError):
     """Sign-in failed or a role is missing; the message is safe to show."""
+
+
+def browser_secret(folder: Path) -> str:
+    """The key that encrypts sign-in tokens in browsers' localStorage, kept in ``folder``.
+
+    Why a file: a fresh key per start would sign every annotator out whenever the app restarts.
+    Created once, readable by the owner only; a second process racing to create it reads the
+    winner's key.
+    """
+    path = Path(folder) / "browser-secret"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the creator may not have written it yet
+            secret = path.read_text().strip()
+            if secret:
+                return secret
+            time.sleep(0.01)
+        raise AuthError(f"{path} is empty; delete it and start again (everyone signs in again)")
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret)
+    return secret
 
 
 def hash_password(password: str) -> str:

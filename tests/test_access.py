@@ -250,6 +250,18 @@ def test_sessions_expire(store):
     assert store.scalar("select count(*) from sessions where expires_at < ?", [past + "z"]) == 0
 
 
+def test_browser_key_is_kept_private_and_stable(tmp_path):
+    """One key per home, owner-only, the same on every start; never inside the database."""
+    first = auth.browser_secret(tmp_path)
+    assert auth.browser_secret(tmp_path) == first and len(first) >= 40
+    assert (tmp_path / "browser-secret").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "other").mkdir()
+    assert auth.browser_secret(tmp_path / "other") != first
+    (tmp_path / "browser-secret").write_text("")
+    with pytest.raises(auth.AuthError, match="is empty; delete it"):
+        auth.browser_secret(tmp_path)
+
+
 @pytest.mark.parametrize("key", ["name", "client"])
 def test_sixth_wrong_attempt_is_refused_even_with_the_right_password(store, key):
     populate(store, pairs=1)

@@ -55,36 +55,50 @@ def prepared_store() -> Store:
     return store
 
 
-@pytest.fixture
-def server(home):
-    store = prepared_store()
-    port = free_port()
-    log = open(home / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--no-sampler"],
-        cwd=REPO,
-        env={**os.environ, "PREFLOOP_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
+def start_app(home: Path, port: int) -> subprocess.Popen:
+    """`python app.py` on ``port`` against ``home``, once it answers HTTP."""
+    with open(home / "server.log", "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--no-sampler"],
+            cwd=REPO,
+            env={**os.environ, "PREFLOOP_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.time() + 40
     while True:
         try:
-            urllib.request.urlopen(url, timeout=1)
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            return process
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
                 pytest.fail("server did not start:\n" + (home / "server.log").read_text()[-3000:])
             time.sleep(0.3)
-    yield url, store
+
+
+def stop_app(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
+        process.wait()
+
+
+@pytest.fixture
+def server(home):
+    """(url, store, restart): restart stops the app and starts it again on the same port."""
+    store = prepared_store()
+    port = free_port()
+    running = [start_app(home, port)]
+
+    def restart() -> None:
+        stop_app(running[0])
+        running[0] = start_app(home, port)
+
+    yield f"http://127.0.0.1:{port}/", store, restart
+    stop_app(running[0])
 
 
 def shown_generation(store: Store, page) -> dict:
@@ -112,11 +126,15 @@ def sign_in(page, url: str, name: str) -> None:
 
 def test_maintainer_sees_train_and_evaluate_then_signs_out(server):
     playwright = pytest.importorskip("playwright.sync_api")
-    url, _ = server
+    url, _, restart = server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page()
         sign_in(page, url, "boss")
+        restart()
+        page.reload()  # a server restart keeps the session: the browser key lives beside the database
+        page.locator("#pf-left").get_by_text("answer").wait_for(timeout=15_000)
+        assert page.locator("#pf-signin").is_hidden()
         for tab in ("Annotate", "Train", "Evaluate", "Demo"):
             assert page.get_by_role("tab", name=tab).count() == 1, tab
         page.locator("#pf-signout").click()
@@ -129,7 +147,7 @@ def test_maintainer_sees_train_and_evaluate_then_signs_out(server):
 
 def test_sign_in_vote_by_keyboard_undo_and_better_answer(server, home):
     playwright = pytest.importorskip("playwright.sync_api")
-    url, store = server
+    url, store, _ = server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
