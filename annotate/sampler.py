@@ -150,6 +150,8 @@ def sample_pairs(
     )
     if not prompts:
         return []
+    if progress:
+        progress(0, len(prompts))  # the bar starts with the work (loading the model included)
     base = _base_seed(seed)
     model, tokenizer = load_for_sampling(store, row["name"])
     per_batch = max(1, batch_size // 2)
@@ -216,6 +218,8 @@ def sample_battle_pairs(
     )
     if not prompts:
         return []
+    if progress:
+        progress(0, len(prompts))
     base = _base_seed(seed)
     outputs, models = {}, {}
     for step, row in enumerate(rows):

@@ -97,7 +97,7 @@ def test_one_batched_decode_serves_many_prompts(loop):
 def test_progress_is_reported_per_batch(loop):
     seen = []
     sample_pairs(loop, "v0", n_prompts=5, params=FAST, seed=1, batch_size=4, progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]  # (0, n) first: a bar's clock starts with the work
 
 
 def test_unknown_prompt_or_version_is_a_clear_error(loop):
