@@ -96,12 +96,13 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--lr", "learning_rate", type=float, help="round learning rate (default 3e-4)")
 @click.option("--epochs", type=float, help="round epochs (default 1)")
 @click.option("--beta", type=float, help="DPO beta / ORPO lambda (default 0.1)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="round precision (default auto)")
 @click.option("--temperature", type=float, help="sampling temperature (default 1.0)")
 @click.option("--max-new-tokens", type=int, help="response length cap (default 96)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
 def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_prompts, learning_rate,
-                     epochs, beta, temperature, max_new_tokens, as_json, png_dir):
+                     epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
     """Run the loop unattended with a simulated judge: sample, vote, train, promote, battle v0.
 
     Example: prefloop simulate --judge evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
@@ -112,7 +113,7 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
     config = SimulationConfig(
         judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, method=method, noise=noise,
         seed=seed, eval_prompts=eval_prompts, learning_rate=learning_rate, epochs=epochs, beta=beta,
-        temperature=temperature, max_new_tokens=max_new_tokens,
+        precision=precision, temperature=temperature, max_new_tokens=max_new_tokens,
     ).validate()
     judge_fn = load_judge(judge)  # fail fast, before any model loads
     started = time.perf_counter()

@@ -46,6 +46,7 @@ class SimulationConfig:
     learning_rate: float | None = field(default=None, metadata={"help": "round learning rate"})
     epochs: float | None = field(default=None, metadata={"help": "round epochs"})
     beta: float | None = field(default=None, metadata={"help": "DPO beta / ORPO lambda"})
+    precision: str | None = field(default=None, metadata={"help": "round precision: auto, fp32 or bf16"})
     # sampling settings: None keeps SIM_SAMPLING below
     temperature: float | None = field(default=None, metadata={"help": "sampling temperature"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling top_p"})
@@ -71,7 +72,7 @@ class SimulationConfig:
 # rounds compound (each trains on its parent's samples): v3 won 94% of held-out battles vs v0,
 # in 37 min on 2 CPU cores. beta 0.1 is the usual DPO strength; a little NLL on the chosen
 # answer keeps answers fluent while they get shorter.
-SIM_ROUND_DEFAULTS: dict[str, Any] = {"learning_rate": 3e-4, "epochs": 1.0, "beta": 0.1}
+SIM_ROUND_DEFAULTS: dict[str, Any] = {"learning_rate": 3e-4, "epochs": 1.0, "beta": 0.1, "precision": "auto"}
 # Diverse samples (temperature 1.0) give pairs whose lengths differ, which is the signal the
 # concise judge needs; 96 tokens keeps a CPU round short and most answers still finish.
 SIM_SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 96}

@@ -80,7 +80,7 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
     _prompts(store, train=10, heldout=6)
     config = SimulationConfig(
         rounds=2, pairs_per_round=8, eval_prompts=6, max_new_tokens=12, epochs=1.0,
-        learning_rate=1e-3, seed=3, bootstrap=200,
+        learning_rate=1e-3, seed=3, bootstrap=200, precision="fp32",
     )
     result = run_simulation(store, config, progress=False, log=lambda m: None)
     assert [r["version"] for r in result["rounds"]] == ["v1", "v2"]
@@ -97,5 +97,6 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
     assert len(arena_votes) == 12 and all({j["version_a"], j["version_b"]} & {"v0"} for j in arena_votes)
     rounds = store.list_rounds()
     assert len(rounds) == 2 and all(r["status"] in ("promoted", "trained") for r in rounds)
+    assert {r["config"]["precision"] for r in rounds} == {"fp32"} and {r["config"]["nll_weight"] for r in rounds} == {0.2}
     assert [store.version(r["new_version_id"])["name"] for r in rounds] == ["v1", "v2"]
     assert store.version("v2")["parent_id"] == store.version("v1")["id"]
