@@ -134,6 +134,8 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
 
         for path in save_plots(simulation_rows(result), png_dir):
             _log(f"wrote {path}")
+    if result["stopped"]:
+        raise click.ClickException(result["stopped"])  # the rounds that ran are reported above
 
 
 @click.group("battles")

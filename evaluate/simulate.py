@@ -137,6 +137,25 @@ def sampling_params(config: SimulationConfig):
     return SamplingParams(**values)
 
 
+def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent: str, counts: dict) -> str | None:
+    """Why the loop must stop before round ``index`` trains, or None when it has rows to learn from.
+
+    A judge that ties every pair leaves no preference to train on: a model that has collapsed
+    (every answer empty, or all the same length to a length judge) does this. Stopping here keeps
+    the rounds already measured, where raising would throw them away with the run.
+    """
+    from train import rounds
+
+    if rounds.readiness(store, round_config(config, index))["have"] > 0:
+        return None
+    return (
+        f"stopped before round {index + 1}: the judge preferred neither answer in any of the "
+        f"{sum(counts.values())} pairs sampled from {parent} ({counts['tie']} ties, "
+        f"{counts['both_bad']} both bad), so there is nothing to train on; "
+        f"{index} of {config.rounds} rounds ran"
+    )
+
+
 def train_round(store: Store, config) -> dict:
     """Create a round row and run its body in this process (no child process, no waiting)."""
     from train import rounds
@@ -178,6 +197,7 @@ def run_simulation(
     params = sampling_params(config)
     started_all = time.perf_counter()
     results = []
+    stopped = None
     for index in range(config.rounds):
         started = time.perf_counter()
         parent = store.active_version()["name"]
@@ -189,13 +209,17 @@ def run_simulation(
         )
         votes = judge_pairs(store, voter, annotator_id, pair_ids, rng)
         counts = {c: sum(v["choice"] == c for v in votes) for c in ("a", "b", "tie", "both_bad")}
+        stopped = nothing_to_learn(store, config, index, parent, counts)
+        if stopped:
+            log(stopped)
+            break
         log(f"round {index + 1}: {len(votes)} votes {counts}; training ({config.method})")
         finished = train_round(store, round_config(config, index))
         new = store.version(finished["new_version_id"]) if finished.get("new_version_id") else None
         if new is None:
             raise StoreError(
                 f"round {finished['id']} ended {finished['status']} without a new version: "
-                f"{finished.get('error') or 'no training rows (did the judge only vote tie?)'}"
+                f"{finished.get('error') or 'see prefloop rounds show ' + str(finished['id'])}"
             )
         if store.active_version()["name"] != new["name"]:
             models.promote(store, new["name"])  # the simulation promotes even past a failed gate
@@ -247,6 +271,7 @@ def run_simulation(
         "round_config": {k: v for k, v in round_config(config, 0).to_dict().items()
                          if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank")},
         "rounds": results,
+        "stopped": stopped,
         "seconds": round(time.perf_counter() - started_all, 1),
     }
 

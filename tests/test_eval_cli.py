@@ -96,7 +96,7 @@ def test_simulate_cli_json_shape(tiny_v0):
     tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(6)]
                         + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(4)])
     result = CliRunner().invoke(cli, [
-        "simulate", "--judge", "evaluate.judges:concise", "--rounds", "1", "--pairs-per-round", "6",
+        "simulate", "--judge", "tests.sim_judges:decisive", "--rounds", "1", "--pairs-per-round", "6",
         "--eval-prompts", "4", "--max-new-tokens", "8", "--epochs", "1", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)  # the whole of stdout is one JSON object: nothing else
@@ -104,6 +104,18 @@ def test_simulate_cli_json_shape(tiny_v0):
     for key in ("version", "win_rate_vs_v0", "ci_low", "ci_high", "pairs", "seconds"):
         assert key in first
     assert first["version"] == "v1"
+
+
+def test_simulate_cli_reports_an_early_stop(tiny_v0):
+    tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(3)])
+    result = CliRunner().invoke(cli, [
+        "simulate", "--judge", "tests.sim_judges:always_tie", "--rounds", "2", "--pairs-per-round", "3",
+        "--eval-prompts", "0", "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: stopped before round 1: the judge preferred neither answer" in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["rounds"] == [] and payload["stopped"].endswith("0 of 2 rounds ran")
+    assert tiny_v0.stats()["rounds"] == 0 and tiny_v0.active_version()["name"] == "v0"
 
 
 def test_simulate_cli_bad_judge_changes_nothing(store):

@@ -8,6 +8,7 @@ import pytest
 
 from evaluate import judges
 from evaluate.judges import JudgeError
+from tests.sim_judges import always_tie, decisive
 
 LIST = "Here you go:\n- first\n- second\n- third"
 PROSE = "Here you go: first, then second, and third, all in one sentence for you."
@@ -82,7 +83,8 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
         rounds=2, pairs_per_round=8, eval_prompts=6, max_new_tokens=12, epochs=1.0,
         learning_rate=1e-3, seed=3, bootstrap=200, precision="fp32",
     )
-    result = run_simulation(store, config, progress=False, log=lambda m: None)
+    result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
+    assert result["stopped"] is None
     assert [r["version"] for r in result["rounds"]] == ["v1", "v2"]
     for r in result["rounds"]:
         assert 0.0 <= r["ci_low"] <= r["win_rate_vs_v0"] <= r["ci_high"] <= 1.0
@@ -90,7 +92,7 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
         assert r["mean_words"] is not None
     assert store.active_version()["name"] == "v2"
     # lineage is real: every vote belongs to the simulated annotator and names its pair
-    voter = store.annotator_by_name("sim-concise")
+    voter = store.annotator_by_name("sim-decisive")
     judgments = store.judgments()
     assert judgments and {j["annotator_id"] for j in judgments} == {voter["id"]}
     arena_votes = [j for j in judgments if j["purpose"] == "arena"]
@@ -100,3 +102,30 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
     assert {r["config"]["precision"] for r in rounds} == {"fp32"} and {r["config"]["nll_weight"] for r in rounds} == {0.2}
     assert [store.version(r["new_version_id"])["name"] for r in rounds] == ["v1", "v2"]
     assert store.version("v2")["parent_id"] == store.version("v1")["id"]
+
+
+def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
+    """A round whose votes are all ties trains nothing; the rounds already run are kept."""
+    from evaluate.simulate import SimulationConfig, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=4, heldout=0)
+    calls = []
+
+    def tired(prompt, a, b):  # decisive for round 1's four pairs, then only ties
+        calls.append(1)
+        return decisive(prompt, a, b) if len(calls) <= 4 else "tie"
+
+    config = SimulationConfig(rounds=3, pairs_per_round=4, eval_prompts=0, max_new_tokens=6, seed=1)
+    messages = []
+    result = run_simulation(store, config, judge=tired, progress=False, log=messages.append)
+    assert [r["version"] for r in result["rounds"]] == ["v1"]
+    assert result["stopped"].startswith("stopped before round 2: the judge preferred neither answer in any of the 4 pairs sampled from v1 (4 ties")
+    assert result["stopped"].endswith("1 of 3 rounds ran") and messages[-1] == result["stopped"]
+    assert store.active_version()["name"] == "v1" and len(store.list_rounds()) == 1
+    assert [j["choice"] for j in store.judgments()][-4:] == ["tie"] * 4  # the votes are still recorded
+
+    result = run_simulation(store, SimulationConfig(rounds=1, pairs_per_round=4, eval_prompts=0, max_new_tokens=6),
+                            judge=always_tie, progress=False, log=lambda m: None)
+    assert result["rounds"] == [] and "0 of 1 rounds ran" in result["stopped"]
+    assert store.active_version()["name"] == "v1" and len(store.list_rounds()) == 1
