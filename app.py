@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from annotate.store import StoreError
+from prefloop.errors import PrefloopError
 
 
 class PrefloopGroup(click.Group):
@@ -24,7 +23,7 @@ class PrefloopGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except StoreError as error:
+        except PrefloopError as error:
             raise click.ClickException(str(error)) from None
 
 
@@ -43,7 +42,7 @@ def _register_commands() -> None:
     """Each package owns its commands; app.py only gathers them into one group."""
     import importlib
 
-    for module_name in ("annotate.cli", "train.cli_models", "train.cli_rounds", "evaluate.cli"):
+    for module_name in ("prefloop.cli.data", "prefloop.cli.models", "prefloop.cli.rounds", "prefloop.cli.evaluate"):
         importlib.import_module(module_name).register(cli)
 
 
@@ -52,9 +51,9 @@ _register_commands()
 
 # == serve and users (annotate/ui.py, annotate/auth.py) =====================================
 OPTIONAL_TABS = (  # (label, module, builder); each owner re-checks roles in its own handlers
-    ("Train", "train.ui", "build_train_tab", "maintainer"),
-    ("Evaluate", "evaluate.ui", "build_evaluate_tab", "maintainer"),
-    ("Demo", "evaluate.ui", "build_demo_tab", "annotator"),
+    ("Train", "prefloop.ui.train", "build_train_tab", "maintainer"),
+    ("Evaluate", "prefloop.ui.evaluate", "build_evaluate_tab", "maintainer"),
+    ("Demo", "prefloop.ui.evaluate", "build_demo_tab", "annotator"),
 )
 
 
@@ -68,11 +67,11 @@ def _build_tab(store, token_state, module_name: str, builder_name: str) -> None:
 def build_app(store):
     """The whole app: a sign-in page, then tabs by role. Nothing here launches a server.
 
-    Example: build_app(Store()).launch(**annotate.ui.launch_options())
+    Example: build_app(Store()).launch(**prefloop.ui.annotate.launch_options())
     """
     import gradio as gr
-
-    from annotate import auth, ui
+    from prefloop.annotate import auth
+    from prefloop.ui import annotate as ui
 
     # no telemetry: annotators' work stays on this machine, and offline deployments cannot reach it
     with gr.Blocks(title="prefloop", analytics_enabled=False) as demo:
@@ -154,18 +153,17 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
 
     Example: prefloop serve --host 127.0.0.1 --port 7860
     """
-    from annotate import ui
-    from annotate.store import Store
-
-    from annotate.cli import describe_initialisation, ensure_initialised
+    from prefloop.cli.data import describe_initialisation, ensure_initialised
+    from prefloop.db.store import Store
+    from prefloop.ui import annotate as ui
 
     store = Store()
     for line in describe_initialisation(ensure_initialised(store, echo=click.echo)):
         click.echo(line)
     filler = None
     if not no_sampler:
-        from annotate.sampler import QueueFiller
-        from train.models import share_cpu_cores
+        from prefloop.annotate.sampler import QueueFiller
+        from prefloop.engine.models import share_cpu_cores
 
         share_cpu_cores()  # a training round's child process may run beside the sampler
         filler = QueueFiller(store)
@@ -210,8 +208,8 @@ def users_add(name: str, role: str, password_env: str | None) -> None:
 
     Example: PF_PW=... prefloop users add alice --role annotator --password-env PF_PW
     """
-    from annotate import auth
-    from annotate.store import Store
+    from prefloop.annotate import auth
+    from prefloop.db.store import Store
 
     user_id = auth.create_user(Store(), name, _read_password(password_env), role)
     click.echo(f"added {role} {name.strip()} (id {user_id})")
@@ -225,8 +223,8 @@ def users_password(name: str, password_env: str | None) -> None:
 
     Example: prefloop users password admin
     """
-    from annotate import auth
-    from annotate.store import Store
+    from prefloop.annotate import auth
+    from prefloop.db.store import Store
 
     auth.change_password(Store(), name, _read_password(password_env))
     click.echo(f"password changed for {name.strip()}; their sessions were signed out")
@@ -252,7 +250,7 @@ def users_list() -> None:
 
     Example: prefloop users list
     """
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     rows = Store().list_annotators()
     if not rows:
@@ -271,7 +269,7 @@ def users_disable(name: str) -> None:
 
     Example: prefloop users disable alice
     """
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     Store().set_annotator_active(name, False)
     click.echo(f"disabled {name}")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-
-from annotate.store import ROLES, Store, StoreError
+from prefloop.db.store import ROLES, Store
+from prefloop.errors import AuthError
 
 SESSION_HOURS = 12  # a working day; after that, sign in again
 MIN_PASSWORD_LENGTH = 8
@@ -28,10 +28,6 @@ SIGN_IN_ATTEMPTS = 5  # per name and per client within SIGN_IN_WINDOW_S
 SIGN_IN_WINDOW_S = 60
 
 _hasher = PasswordHasher()
-
-
-class AuthError(StoreError):
-    """Sign-in failed or a role is missing; the message is safe to show."""
 
 
 def browser_secret(folder: Path) -> str:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from annotate.store import SPLITS, Store, StoreError, content_hash, dumps
+from prefloop.db.store import SPLITS, Store, content_hash, dumps
+from prefloop.errors import PromptImportError
 
 MAX_PROMPT_CHARS = 20_000  # longer than any prompt a 135M model (2k-token context) can use
 DEFAULT_HELDOUT_FRACTION = 0.1  # enough held-out prompts to measure, most left for training
@@ -40,10 +41,6 @@ SPLIT_ALIASES = {
 FILE_TYPES = ".jsonl (.ndjson), .json, .csv, .parquet, or a folder written by datasets' save_to_disk"
 
 Progress = Callable[[Iterable], Iterable]
-
-
-class PromptImportError(StoreError):
-    """A prompt file could not be imported; the message names the file, line and problem."""
 
 
 @dataclass

@@ -22,7 +22,8 @@ import random
 import threading
 from typing import Callable, Iterator
 
-from annotate.store import Store, StoreError
+from prefloop.db.store import Store
+from prefloop.errors import SamplerError
 
 log = logging.getLogger("prefloop.sampler")
 
@@ -32,10 +33,6 @@ DEFAULT_N_PROMPTS = 8
 MAX_SEED = 2**31 - 1  # fits SQLite integers and every torch generator
 
 Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
-
-
-class SamplerError(StoreError):
-    """Sampling could not start (no such prompt, no active version, empty prompt...)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +63,7 @@ def conversation(prompt: dict) -> list[dict]:
 
 
 def _params(store: Store, params):
-    from train.generation import SamplingParams
+    from prefloop.engine.generation import SamplingParams
 
     if params is None:
         return SamplingParams.from_dict(store.get_setting("sampling"))
@@ -108,8 +105,8 @@ def _generation_row(version_id: int, generated, params, model) -> dict:
 def load_for_sampling(store: Store, name: str):
     """(model, tokenizer) of a version as the sampler runs it: cached, in ``sampling_dtype()``
     (bfloat16 on CPUs that compute it natively: about 2x the tokens/s of float32 there)."""
-    from train.generation import sampling_dtype
-    from train.models import default_device, load_version
+    from prefloop.engine.generation import sampling_dtype
+    from prefloop.engine.models import default_device, load_version
 
     device = default_device()
     return load_version(store, name, device=device, dtype=sampling_dtype(device))
@@ -141,7 +138,7 @@ def sample_pairs(
     version. Returns the ids of the pairs stored; near-identical pairs are dropped (not stored).
     Pairs are stored after each batch, so an annotator can start before a long run ends.
     """
-    from train.generation import generate
+    from prefloop.engine.generation import generate
 
     row = store.require_version(version)
     params = _params(store, params)
@@ -204,7 +201,7 @@ def sample_battle_pairs(
     Which version is generation "a" is randomised per pair (seeded), so position never tells an
     annotator which model wrote what. Identical responses are kept: they are honest ties.
     """
-    from train.generation import generate
+    from prefloop.engine.generation import generate
 
     rows = [store.require_version(version_a), store.require_version(version_b)]
     if rows[0]["id"] == rows[1]["id"]:
@@ -258,7 +255,7 @@ def stream_live_pair(
     ``("__done__", pair_id)``. The prompt is stored with source "live", split "train"; nothing
     is stored if the generator is abandoned before the end.
     """
-    from train.generation import stream_batch
+    from prefloop.engine.generation import stream_batch
 
     text = (prompt_text or "").strip()
     if not text:

@@ -29,7 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from annotate.store import CHOICES, PAIR_PURPOSES, SPLITS, Store, StoreError, loads
+from prefloop.db.store import CHOICES, PAIR_PURPOSES, SPLITS, Store, loads
+from prefloop.errors import PrefloopError, TransferError
 
 FORMAT = "prefloop-judgments"
 FORMAT_VERSION = 1
@@ -37,10 +38,6 @@ HEADER = {"format": FORMAT, "version": FORMAT_VERSION}
 MAX_TEXT_CHARS = 200_000  # far above any prompt or generation we store; a guard against junk
 GENERATION_FIELDS = ("version", "text", "params", "seed", "prompt_tokens", "completion_tokens",
                      "finish_reason", "latency_ms", "created_at")
-
-
-class TransferError(StoreError):
-    """An export target or an import file was refused; the message names the file and line."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +185,7 @@ def _json_line(path: Path, number: int, line: str) -> dict:
 
 def check_record(r: Any) -> dict:
     """Types, choices and limits of one record; raises _Invalid with the field's name."""
-    from annotate import auth
+    from prefloop.annotate import auth
 
     _require(r, "record", dict)
     prompt = _require(r.get("prompt"), "prompt", dict)
@@ -229,7 +226,7 @@ def check_record(r: Any) -> dict:
     _one_of(r.get("shown_left"), "shown_left", ("a", "b"))
     try:
         auth.validate_name(_require(r.get("annotator"), "annotator", str))
-    except StoreError as error:
+    except PrefloopError as error:
         raise _Invalid(f"annotator: {error}") from None
     if r["annotator"] != r["annotator"].strip():
         raise _Invalid("annotator has spaces around the name")

@@ -403,9 +403,9 @@ def prepare_home(
         raise RuntimeError(f"prefloop init failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     echo(f"init: {time.monotonic() - started:.1f} s")
 
-    from annotate import auth
-    from annotate.sampler import sample_pairs
-    from annotate.store import Store
+    from prefloop.annotate import auth
+    from prefloop.annotate.sampler import sample_pairs
+    from prefloop.db.store import Store
 
     store = Store()
     store.set_setting("judgments_per_pair", judgments_per_pair)

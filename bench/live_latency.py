@@ -6,10 +6,10 @@
 
 Runs as production does: one process, the background ``QueueFiller`` decoding batches of pairs
 in its thread (queue target raised so it never idles) while an annotator's live prompt streams
-through ``annotate.sampler.stream_live_pair`` in another thread, with torch threads set by
-``train.models.share_cpu_cores`` (or ``--threads``). Three conditions in the same run:
+through ``prefloop.annotate.sampler.stream_live_pair`` in another thread, with torch threads set by
+``prefloop.engine.models.share_cpu_cores`` (or ``--threads``). Three conditions in the same run:
 the live stream alone (baseline), beside the filler with the filler pausing between its steps
-while a live stream decodes (``train.generation.live_priority``, the default), and beside the
+while a live stream decodes (``prefloop.engine.generation.live_priority``, the default), and beside the
 filler without that pause. Prints p50/p95 of time to first token (both responses' first token
 on screen) and the live stream's tokens/s; target: first token under 0.5 s.
 """
@@ -40,10 +40,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def open_store():
-    from annotate.auth import create_user
-    from annotate.prompts import load_starter_prompts
-    from annotate.store import Store
-    from train import models
+    from prefloop.annotate.auth import create_user
+    from prefloop.annotate.prompts import load_starter_prompts
+    from prefloop.db.store import Store
+    from prefloop.engine import models
 
     if not os.environ.get("PREFLOOP_HOME"):
         os.environ["PREFLOOP_HOME"] = tempfile.mkdtemp(prefix="prefloop-bench-")
@@ -60,7 +60,7 @@ def open_store():
 
 def one_live_prompt(store, user_id: int, text: str, params, tokenizer) -> tuple[float, float, int]:
     """(seconds to the first streamed token, seconds in all, tokens of both responses)."""
-    from annotate.sampler import stream_live_pair
+    from prefloop.annotate.sampler import stream_live_pair
 
     started = time.perf_counter()
     first = None
@@ -77,8 +77,8 @@ def one_live_prompt(store, user_id: int, text: str, params, tokenizer) -> tuple[
 
 
 def run_condition(store, user_id, params, trials: int, filler_params, mode: str, tokenizer) -> dict:
-    from annotate.sampler import QueueFiller
-    from train.generation import live_priority
+    from prefloop.annotate.sampler import QueueFiller
+    from prefloop.engine.generation import live_priority
 
     filler = None
     live_priority.enabled = mode != "filler-no-pause"
@@ -112,9 +112,8 @@ def run_condition(store, user_id, params, trials: int, filler_params, mode: str,
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-
-    from train.generation import SamplingParams
-    from train.models import share_cpu_cores
+    from prefloop.engine.generation import SamplingParams
+    from prefloop.engine.models import share_cpu_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="live prompts per condition")
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     store.set_setting("queue_target", 10_000)  # the filler never goes idle during the run
     params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=args.max_new_tokens)
     filler_params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=160)
-    from annotate.sampler import load_for_sampling
+    from prefloop.annotate.sampler import load_for_sampling
 
     model, tokenizer = load_for_sampling(store, "v0")
     print(f"torch_threads={torch.get_num_threads()} dtype={next(model.parameters()).dtype} "

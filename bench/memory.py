@@ -69,7 +69,7 @@ def children_peak_kib(pid: int) -> int:
 
 def queued(home: Path) -> int:
     os.environ["PREFLOOP_HOME"] = str(home)
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     store = Store()
     active = store.active_version()
@@ -78,7 +78,7 @@ def queued(home: Path) -> int:
 
 def empty_queue(home: Path) -> int:
     os.environ["PREFLOOP_HOME"] = str(home)
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     return Store().retire_open_pairs(except_version_id=-1)
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["PREFLOOP_HOME"] = str(home)
     sys.path.insert(0, str(ROOT))
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     Store().set_setting("queue_target", args.queue_target)
     print(f"home={home} queue_target={args.queue_target} cpus={os.cpu_count()}", flush=True)

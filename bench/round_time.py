@@ -19,7 +19,7 @@ from the same parent, with the same seed, and reports its peak RSS (VmHWM):
   warmup, seed; TRL's default batch of 8 = prefloop's 4 x 2 accumulation), every other
   DPOConfig field left at TRL 1.16's default: gradient checkpointing on, bf16 autocast (on CPU
   too), reference log-probs recomputed inside every step, max_length 1024, logging every 10 steps.
-* ``prefloop``: `train.rounds.trainer_settings`, what `prefloop train` uses.
+* ``prefloop``: `prefloop.train.rounds.trainer_settings`, what `prefloop train` uses.
 
 Both run in the same invocation, one after the other, so the ratio is fair on a shared machine.
 The printed phases come from the round's own metrics (``phase_s``): load (tokenizer, rows,
@@ -45,7 +45,7 @@ MAX_NEW_TOKENS = 96  # what `prefloop simulate` samples; SmolLM2 answers are rar
 
 def trl_default_settings(config, on_gpu, folder) -> dict:
     """The baseline: the round's recipe only, and use_cpu (TRL's bf16 default refuses a CPU without it)."""
-    from train.rounds import recipe_settings
+    from prefloop.train.rounds import recipe_settings
 
     return {**recipe_settings(config, folder), "use_cpu": not on_gpu}
 
@@ -70,12 +70,12 @@ def prepare(data: Path, pairs: int, heldout: int, seed: int) -> dict:
     if marker.exists():
         return json.loads(marker.read_text())
     os.environ["PREFLOOP_HOME"] = str(data)
-    from annotate import auth
-    from annotate.prompts import load_starter_prompts
-    from annotate.sampler import sample_pairs
-    from annotate.store import Store
-    from train import models
-    from train.generation import SamplingParams
+    from prefloop.annotate import auth
+    from prefloop.annotate.prompts import load_starter_prompts
+    from prefloop.annotate.sampler import sample_pairs
+    from prefloop.db.store import Store
+    from prefloop.engine import models
+    from prefloop.engine.generation import SamplingParams
 
     started = time.monotonic()
     store = Store()
@@ -126,9 +126,9 @@ def fresh_copy(data: Path, target: Path) -> None:
 # one variant, in its own process
 # --------------------------------------------------------------------------------------------
 def child(variant: str, config_values: dict) -> dict:
-    from annotate.store import Store
-    from train.config import RoundConfig
-    from train.rounds import create_round, run_round
+    from prefloop.db.store import Store
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round, run_round
 
     store = Store()
     round_id = create_round(store, RoundConfig.from_dict(config_values))

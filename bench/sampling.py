@@ -34,8 +34,8 @@ def load_prompts(n: int) -> list[list[dict]]:
 
 
 def open_v0(dtype=None):
-    from annotate.store import Store
-    from train import models
+    from prefloop.db.store import Store
+    from prefloop.engine import models
 
     if not os.environ.get("PREFLOOP_HOME") or Store().version("v0") is None:
         os.environ["PREFLOOP_HOME"] = tempfile.mkdtemp(prefix="prefloop-bench-")
@@ -48,8 +48,7 @@ def open_v0(dtype=None):
 def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:
     """HF generate, one response at a time: what a naive sampler does."""
     import torch
-
-    from train.generation import encode_conversation, stop_token_ids
+    from prefloop.engine.generation import encode_conversation, stop_token_ids
 
     stops = sorted(stop_token_ids(model, tokenizer))
     tokens = 0
@@ -76,8 +75,7 @@ def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:
 def baseline_batched(model, tokenizer, conversations, params, batch_size: int) -> tuple[int, float]:
     """HF generate on left-padded batches: fast, but a row's text depends on its batch mates."""
     import torch
-
-    from train.generation import encode_conversation, stop_token_ids
+    from prefloop.engine.generation import encode_conversation, stop_token_ids
 
     stops = sorted(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id
@@ -112,8 +110,8 @@ def llama_cpp_reference(tokenizer, conversations, params, threads: int) -> tuple
         from llama_cpp import Llama
     except ImportError:
         return None
-    from train.generation import encode_conversation
-    from train.models import bundled_gguf
+    from prefloop.engine.generation import encode_conversation
+    from prefloop.engine.models import bundled_gguf
 
     llm = Llama(
         model_path=str(bundled_gguf()), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
@@ -135,7 +133,7 @@ def llama_cpp_reference(tokenizer, conversations, params, threads: int) -> tuple
 
 
 def ours(model, tokenizer, conversations, params, batch_size: int) -> tuple[int, float]:
-    from train.generation import generate
+    from prefloop.engine.generation import generate
 
     started = time.perf_counter()
     outs = generate(model, tokenizer, conversations, params, list(range(len(conversations))), batch_size=batch_size)
@@ -154,8 +152,7 @@ def timed(run, *args) -> tuple[int, float, float]:
 def bf16_drift(model32, model16, tokenizer, conversations, n: int = 4) -> tuple[float, float]:
     """Mean KL(float32 || bfloat16) per token and top-1 agreement on float32 greedy replies."""
     import torch
-
-    from train.generation import SamplingParams, encode_conversation, generate
+    from prefloop.engine.generation import SamplingParams, encode_conversation, generate
 
     replies = generate(model32, tokenizer, conversations[:n], SamplingParams(temperature=0, max_new_tokens=48), [0] * n)
     kls, agree, count = 0.0, 0, 0
@@ -172,8 +169,7 @@ def bf16_drift(model32, model16, tokenizer, conversations, n: int = 4) -> tuple[
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-
-    from train.generation import SamplingParams
+    from prefloop.engine.generation import SamplingParams
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16, help="prompts; two responses each")

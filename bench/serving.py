@@ -113,7 +113,7 @@ def _run(args, home: Path) -> None:
                 profiler.send_signal(2)  # SIGINT: py-spy writes what it has
                 profiler.wait(60)
                 print(f"profile written to {args.profile}")
-            from annotate.store import Store
+            from prefloop.db.store import Store
 
             problems = vote_problems(Store(), result, ignore=tuple(n for n in names_needed if n not in names))
             summary = result.summary()
@@ -147,7 +147,7 @@ def _write_votes(path: str, mode: str, level: int, result) -> None:
 
 def _wait_for_sampler(server: AppServer, timeout_s: float = 600) -> None:
     """Measure only once the server's sampler has loaded its model and stored a first batch."""
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     store, started = Store(), time.monotonic()
     before = store.stats()["pairs"]

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from itertools import combinations
 from typing import Iterable
 
-from annotate.store import CHOICES
+from prefloop.db.store import CHOICES
 
 Vote = tuple[int, str, str]  # (pair id, annotator name, choice)
 

@@ -5,7 +5,7 @@ They stand in for people in ``prefloop simulate`` and in tests, so the whole loo
 train, evaluate) can run unattended and we can check that a taste actually gets learned.
 ``load_judge("module:function")`` loads any importable one, yours included.
 
-Example: prefloop simulate --judge evaluate.judges:concise --rounds 3 --pairs-per-round 96
+Example: prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import random
 import re
 from typing import Callable
 
-from annotate.store import CHOICES, StoreError
+from prefloop.db.store import CHOICES
+from prefloop.errors import JudgeError
 
 Judge = Callable[[str, str, str], str]
 
 TIE_MARGIN_CHARS = 8  # answers this close in length are "about the same" to the length judges
 _LIST_LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S", re.MULTILINE)
 _POLITE = re.compile(r"\b(please|thank you|thanks|happy to help|glad to|you're welcome)\b", re.I)
-
-
-class JudgeError(StoreError):
-    """A judge could not be loaded or returned something that is not a choice."""
 
 
 def _blank(text: str) -> bool:
@@ -110,10 +107,10 @@ def checked_choice(judge: Judge, prompt: str, a: str, b: str) -> str:
 
 
 def load_judge(spec: str) -> Judge:
-    """Import ``module:function`` (e.g. ``evaluate.judges:concise``); clear errors otherwise."""
+    """Import ``module:function`` (e.g. ``prefloop.evaluate.judges:concise``); clear errors otherwise."""
     if not spec or ":" not in spec:
         raise JudgeError(
-            f"judge must look like module:function (e.g. evaluate.judges:concise), not {spec!r}"
+            f"judge must look like module:function (e.g. prefloop.evaluate.judges:concise), not {spec!r}"
         )
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:

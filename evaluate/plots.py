@@ -2,7 +2,7 @@
 
 matplotlib with the Agg backend (no display needed); each function returns a Figure, which the
 CLI saves as PNG and the Evaluate tab shows in a ``gr.Plot``. Inputs are the rows of
-``evaluate.report.build_report(...)["versions"]`` or of a simulation's ``"rounds"``: a list of
+``prefloop.evaluate.report.build_report(...)["versions"]`` or of a simulation's ``"rounds"``: a list of
 dicts with ``version`` and the plotted keys; missing values are skipped, not drawn as zero.
 """
 

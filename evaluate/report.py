@@ -3,7 +3,7 @@
 Gathers, from the database only: the leaderboard (Bradley-Terry ratings of versions from blind
 arena battles, with bootstrap intervals, and win/tie/loss per pair of versions), each version's
 win rate against the base, held-out preference accuracy per version (from its round's metrics,
-or computed with ``train.heldout`` when asked), text statistics per version and annotator
+or computed with ``prefloop.engine.heldout`` when asked), text statistics per version and annotator
 agreement. Everything in it is JSON-serialisable.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from annotate.store import Store
-from evaluate import agreement, arena, autostats
+from prefloop.db.store import Store
+from prefloop.evaluate import agreement, arena, autostats
 
 ACCURACY_KEYS = ("heldout_accuracy", "preference_accuracy", "heldout_preference_accuracy")
 
@@ -62,8 +62,8 @@ def version_rows(store: Store) -> list[dict]:
 def fill_heldout_accuracy(store: Store, rows: list[dict], progress: Callable[[str], None] | None = None) -> None:
     """Compute held-out preference accuracy where no round recorded it (loads each version)."""
     try:
-        from train.dataset import build_preference_rows
-        from train.heldout import preference_accuracy
+        from prefloop.engine.heldout import preference_accuracy
+        from prefloop.train.dataset import build_preference_rows
     except ImportError:
         return
     missing = [r for r in rows if r["heldout_accuracy"] is None and r["parent"]]

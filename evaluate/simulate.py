@@ -1,6 +1,6 @@
 """The whole loop, unattended: a simulated annotator votes, rounds train, battles measure.
 
-    prefloop simulate --judge evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
+    prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
 
 Each round: sample ``pairs_per_round`` train pairs from the active version, let the judge vote
 on them as a real annotator account ("sim-<judge>", served and recorded through the store, so
@@ -22,9 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from annotate.store import Store, StoreError
-from evaluate import arena, autostats
-from evaluate.judges import Judge, checked_choice, judge_name, load_judge, noisy
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError
+from prefloop.evaluate import arena, autostats
+from prefloop.evaluate.judges import (
+    Judge,
+    checked_choice,
+    judge_name,
+    load_judge,
+    noisy,
+)
 
 SIM_PASSWORD_HASH = "!simulated"  # not an argon2 hash: nobody can sign in as a simulated judge
 
@@ -32,7 +39,7 @@ SIM_PASSWORD_HASH = "!simulated"  # not an argon2 hash: nobody can sign in as a 
 @dataclass
 class SimulationConfig:
     judge: str = field(
-        default="evaluate.judges:concise", metadata={"help": "module:function of the simulated judge"}
+        default="prefloop.evaluate.judges:concise", metadata={"help": "module:function of the simulated judge"}
     )
     rounds: int = field(default=3, metadata={"help": "training rounds to run"})
     pairs_per_round: int = field(default=96, metadata={"help": "train prompts sampled (one pair each) per round"})
@@ -55,15 +62,15 @@ class SimulationConfig:
 
     def validate(self) -> "SimulationConfig":
         if self.rounds < 1:
-            raise StoreError(f"rounds must be at least 1, not {self.rounds}")
+            raise PrefloopError(f"rounds must be at least 1, not {self.rounds}")
         if self.pairs_per_round < 1:
-            raise StoreError(f"pairs per round must be at least 1, not {self.pairs_per_round}")
+            raise PrefloopError(f"pairs per round must be at least 1, not {self.pairs_per_round}")
         if self.eval_prompts < 0:
-            raise StoreError(f"eval prompts must be 0 or more, not {self.eval_prompts}")
+            raise PrefloopError(f"eval prompts must be 0 or more, not {self.eval_prompts}")
         if self.method not in ("dpo", "orpo"):
-            raise StoreError(f"method must be dpo or orpo, not {self.method!r}")
+            raise PrefloopError(f"method must be dpo or orpo, not {self.method!r}")
         if not 0.0 <= self.noise <= 1.0:
-            raise StoreError(f"noise must be between 0 and 1, not {self.noise}")
+            raise PrefloopError(f"noise must be between 0 and 1, not {self.noise}")
         return self
 
 
@@ -119,7 +126,7 @@ def battles_of(store: Store, votes: list[dict]) -> list[arena.Battle]:
 
 def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int = 0):
     """The RoundConfig for one simulated round: simulation defaults plus CLI overrides."""
-    from train.config import RoundConfig
+    from prefloop.train.config import RoundConfig
 
     values = {k: getattr(config, k) if getattr(config, k) is not None else v
               for k, v in SIM_ROUND_DEFAULTS.items()}
@@ -131,7 +138,7 @@ def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int 
 
 
 def sampling_params(config: SimulationConfig):
-    from train.generation import SamplingParams
+    from prefloop.engine.generation import SamplingParams
 
     values = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in SIM_SAMPLING.items()}
     return SamplingParams(**values)
@@ -144,7 +151,7 @@ def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent:
     (every answer empty, or all the same length to a length judge) does this. Stopping here keeps
     the rounds already measured, where raising would throw them away with the run.
     """
-    from train import rounds
+    from prefloop.train import rounds
 
     if rounds.readiness(store, round_config(config, index))["have"] > 0:
         return None
@@ -158,7 +165,7 @@ def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent:
 
 def train_round(store: Store, config) -> dict:
     """Create a round row and run its body in this process (no child process, no waiting)."""
-    from train import rounds
+    from prefloop.train import rounds
 
     round_id = rounds.create_round(store, config)
     rounds.run_round(store, round_id)
@@ -177,8 +184,8 @@ def run_simulation(
     progress: bool = True,
 ) -> dict:
     """Run ``config.rounds`` rounds; returns {"rounds": [...], ...} (the ``--json`` object)."""
-    from annotate.sampler import sample_battle_pairs, sample_pairs
-    from train import models
+    from prefloop.annotate.sampler import sample_battle_pairs, sample_pairs
+    from prefloop.engine import models
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -187,12 +194,12 @@ def run_simulation(
     voter = noisy(judge, config.noise, random.Random(config.seed + 7919)) if config.noise else judge
     active = store.active_version()
     if active is None:
-        raise StoreError("no active model version: run `prefloop init` first")
+        raise PrefloopError("no active model version: run `prefloop init` first")
     base = store.version_chain(active["name"])[0]["name"]
     if store.count_prompts("train") == 0:
-        raise StoreError("no train prompts: import some with `prefloop prompts import`")
+        raise PrefloopError("no train prompts: import some with `prefloop prompts import`")
     if config.eval_prompts and store.count_prompts("heldout") == 0:
-        raise StoreError("no held-out prompts to battle on: import some or pass --eval-prompts 0")
+        raise PrefloopError("no held-out prompts to battle on: import some or pass --eval-prompts 0")
     annotator_id = simulated_annotator(store, voter)
     params = sampling_params(config)
     started_all = time.perf_counter()
@@ -217,7 +224,7 @@ def run_simulation(
         finished = train_round(store, round_config(config, index))
         new = store.version(finished["new_version_id"]) if finished.get("new_version_id") else None
         if new is None:
-            raise StoreError(
+            raise PrefloopError(
                 f"round {finished['id']} ended {finished['status']} without a new version: "
                 f"{finished.get('error') or 'see prefloop rounds show ' + str(finished['id'])}"
             )

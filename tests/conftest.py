@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -30,8 +29,8 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PREFLOOP_HOME", str(folder))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    from annotate import auth
-    from train import models
+    from prefloop.annotate import auth
+    from prefloop.engine import models
 
     models.clear_cache()
     auth.sign_in_limiter.reset()
@@ -41,7 +40,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def store(home):
-    from annotate.store import Store
+    from prefloop.db.store import Store
 
     s = Store()
     yield s
@@ -51,9 +50,8 @@ def store(home):
 @pytest.fixture(scope="session")
 def bundled_tokenizer_dir(tmp_path_factory) -> Path:
     """The bundled model's tokenizer, read once from its GGUF file."""
+    from prefloop.engine.models import bundled_gguf
     from transformers import AutoTokenizer
-
-    from train.models import bundled_gguf
 
     gguf = bundled_gguf()
     out = tmp_path_factory.mktemp("tokenizer")
@@ -79,7 +77,7 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
 @pytest.fixture
 def tiny_v0(store, tiny_model_dir):
     """A store whose active version v0 is the tiny random model."""
-    from train.models import create_base_version
+    from prefloop.engine.models import create_base_version
 
     create_base_version(store, base_model=str(tiny_model_dir))
     return store

@@ -1,6 +1,6 @@
 """Judges for tests of the loop's plumbing, where a vote must never hinge on a tiny model's luck.
 
-``evaluate.judges:concise`` ties answers within a few characters of each other, and a tiny random
+``prefloop.evaluate.judges:concise`` ties answers within a few characters of each other, and a tiny random
 model's 12-token answers often are: on another CPU's float rounding a whole round came out as
 ties and the test stopped for want of rows. These judges are decisive, or never are.
 """

@@ -26,11 +26,11 @@ import uuid
 import httpx
 import pytest
 from click.testing import CliRunner
-
-from annotate import auth, ui
-from bench.http_load import queue_messages
-from annotate.store import Store
+from prefloop.annotate import auth
+from prefloop.ui import annotate as ui
 from test_backup_export import PASSWORDS, SECRETS, populate
+
+from bench.http_load import queue_messages
 
 # what an annotator must never see: other people's names and words, and round configs
 FORBIDDEN_FOR_ANNOTATOR = (*SECRETS, "mallory", "boss")
@@ -97,7 +97,7 @@ def fill(types: list[str], token, round_id: int) -> list:
 
 @pytest.fixture
 def running_app(store):
-    import app
+    from prefloop import app
 
     ids = populate(store)
     demo = app.build_app(store)
@@ -194,7 +194,7 @@ def test_sign_in_over_http_is_rate_limited_and_logs_no_password(running_app, cap
 # -- handler-level checks ------------------------------------------------------------------------
 def test_annotators_see_only_their_own_work(store):
     populate(store)
-    from evaluate import ui as evaluate_ui
+    from prefloop.ui import evaluate as evaluate_ui
 
     token, _ = auth.sign_in(store, "alice", PASSWORDS["alice"])
     screen = ui.next_pair(store, token)
@@ -217,7 +217,7 @@ def test_annotators_see_only_their_own_work(store):
     board = evaluate_ui.demo_leaderboard(store, token)
     assert "mallory" not in json.dumps([names, board], default=str)
     # maintainer-only handlers refuse an annotator on the server side
-    from train import ui as train_ui
+    from prefloop.ui import train as train_ui
 
     for call in (lambda: train_ui.rounds_table(store, token),
                  lambda: train_ui.curve_frames(store, token, 1),
@@ -283,7 +283,7 @@ def test_sixth_wrong_attempt_is_refused_even_with_the_right_password(store, key)
 
 def test_passwords_never_reach_logs_output_or_exports(store, tmp_path, caplog, capfd, monkeypatch):
     """users add, backup, both exports, import, and a real `prefloop serve` start-up plus a sign-in."""
-    from app import cli
+    from prefloop.app import cli
 
     caplog.set_level(logging.DEBUG)
     populate(store, pairs=2)
@@ -307,7 +307,7 @@ def test_passwords_never_reach_logs_output_or_exports(store, tmp_path, caplog, c
     env = {**os.environ, "PREFLOOP_HOME": str(store.path.parent), "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--no-sampler"],
+        [sys.executable, "-m", "prefloop.app", "--host", "127.0.0.1", "--port", str(port), "--no-sampler"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )
     try:

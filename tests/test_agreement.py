@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from evaluate import agreement
+from prefloop.evaluate import agreement
 
 
 def test_cohen_kappa_hand_example():

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from evaluate import autostats
+from prefloop.evaluate import autostats
 
 
 def test_distinct_n_and_refusals():

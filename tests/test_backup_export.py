@@ -13,10 +13,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
-from annotate import auth, transfer
-from annotate.cli import backup_database
-from annotate.store import Store
+from prefloop.annotate import auth, transfer
+from prefloop.cli.data import backup_database
+from prefloop.db.store import Store
+from prefloop.errors import ModelError
 
 PASSWORDS = {"boss": "boss-password-Zq81", "alice": "alice-password-Kw27",
              "mallory": "mallory-password-Px64"}
@@ -142,7 +142,7 @@ def test_backup_is_consistent_while_votes_are_written(store, tmp_path):
 def test_backup_command_refuses_bad_targets_and_leaks_no_password(store, tmp_path):
     populate(store, pairs=2)
     runner = CliRunner()
-    from app import cli
+    from prefloop.app import cli
 
     result = runner.invoke(cli, ["backup", str(tmp_path / "b.db")])
     assert result.exit_code == 0, result.output
@@ -158,7 +158,7 @@ def test_export_import_round_trip_is_lossless_and_idempotent(store, tmp_path, mo
     populate(store)
     first = tmp_path / "judgments.jsonl"
     runner = CliRunner()
-    from app import cli
+    from prefloop.app import cli
 
     result = runner.invoke(cli, ["export", str(first), "--what", "judgments"])
     assert result.exit_code == 0, result.output
@@ -209,7 +209,7 @@ def test_export_import_round_trip_is_lossless_and_idempotent(store, tmp_path, mo
 
 
 def ui_sign_in(store, name, password):
-    from annotate import ui
+    from prefloop.ui import annotate as ui
 
     return ui.sign_in(store, name, password)[0]
 
@@ -231,7 +231,7 @@ def test_import_into_a_home_with_other_data_merges(store, tmp_path):
     assert transfer.judgment_records(other) == transfer.judgment_records(store)
     # the next trained version never reuses an imported name, and lineage-only rows never load
     assert other.next_version_name() == "v2"
-    from train.models import ModelError, load_fresh
+    from prefloop.engine.models import load_fresh
 
     with pytest.raises(ModelError, match="lineage only"):
         load_fresh(other, "v1")

@@ -16,9 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from annotate import auth
-from annotate.store import Store
+from prefloop.annotate import auth
+from prefloop.db.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,10 +15,16 @@ import threading
 import time
 
 import pytest
+from prefloop.db.store import Store
 
-from annotate.store import Store
 from bench.http_load import (
-    AppServer, GradioSession, LoadResult, fn_indexes, prepare_home, run_load, vote_problems,
+    AppServer,
+    GradioSession,
+    LoadResult,
+    fn_indexes,
+    prepare_home,
+    run_load,
+    vote_problems,
 )
 
 PASSWORD = "crash-test-password"
@@ -43,7 +49,7 @@ def _home(home, tiny_model_dir, annotators: int, pairs: int, seed_votes: int = 0
         echo=lambda line: None,
     )
     if seed_votes:  # preference rows, so a round can start at once
-        from annotate import auth
+        from prefloop.annotate import auth
 
         store = Store()
         seeder = auth.create_user(store, SEED_ANNOTATOR, PASSWORD, "annotator")
@@ -146,8 +152,8 @@ KILL_POINTS = {
 
 
 def _kill_round_under_load(home, tiny_model_dir, point: str) -> dict:
-    from train.config import RoundConfig
-    from train.rounds import DIED_MESSAGE, reap_dead_rounds, start_round
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import DIED_MESSAGE, reap_dead_rounds, start_round
 
     names = _home(home, tiny_model_dir, annotators=4, pairs=150, seed_votes=6)
     store = Store()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from annotate import auth
-from annotate.store import Store, StoreError
+from prefloop.annotate import auth
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError
 
 PASSWORD = "correct-horse"
 
@@ -59,7 +59,7 @@ def add_judged_pairs(store: Store, n: int = 8, *, split: str = "train", tag: str
 
 # --------------------------------------------------------------------------------------------
 def test_single_votes_become_conversational_rows(store):
-    from train.dataset import build_preference_rows
+    from prefloop.train.dataset import build_preference_rows
 
     add_judged_pairs(store, 4)
     rows = build_preference_rows(store)
@@ -72,7 +72,7 @@ def test_single_votes_become_conversational_rows(store):
 
 
 def test_heldout_prompts_never_enter_training(store):
-    from train.dataset import build_preference_rows
+    from prefloop.train.dataset import build_preference_rows
 
     add_judged_pairs(store, 3, split="train")
     add_judged_pairs(store, 2, split="heldout")
@@ -81,12 +81,12 @@ def test_heldout_prompts_never_enter_training(store):
     assert len(train_rows) == 3 and len(heldout_rows) == 2
     assert all("(train)" in r["prompt"][0]["content"] for r in train_rows)
     assert all("(heldout)" in r["prompt"][0]["content"] for r in heldout_rows)
-    with pytest.raises(StoreError, match="split must be"):
+    with pytest.raises(PrefloopError, match="split must be"):
         build_preference_rows(store, split="test")
 
 
 def test_majority_ties_and_both_bad(store):
-    from train.dataset import build_preference_rows
+    from prefloop.train.dataset import build_preference_rows
 
     majority = add_pair(store, "majority?", "A text", "B text", wanted=3)
     for name, choice in [("x", "b"), ("y", "b"), ("z", "a")]:
@@ -113,7 +113,7 @@ def test_majority_ties_and_both_bad(store):
 
 
 def test_better_answer_with_a_vote_adds_rows(store):
-    from train.dataset import build_preference_rows
+    from prefloop.train.dataset import build_preference_rows
 
     pair = add_pair(store, "improve?", "okay", "worse")
     judge(store, pair, "x", "a", better="best")
@@ -122,7 +122,7 @@ def test_better_answer_with_a_vote_adds_rows(store):
 
 
 def test_arena_and_gold_pairs_are_not_training_data(store):
-    from train.dataset import build_preference_rows
+    from prefloop.train.dataset import build_preference_rows
 
     arena = add_pair(store, "arena?", "a", "b", purpose="arena", split="heldout")
     judge(store, arena, "x", "a")
@@ -133,7 +133,7 @@ def test_arena_and_gold_pairs_are_not_training_data(store):
 
 
 def test_since_judgment_id_and_hash(store):
-    from train.dataset import build_preference_rows, dataset_hash
+    from prefloop.train.dataset import build_preference_rows, dataset_hash
 
     add_judged_pairs(store, 3)
     rows = build_preference_rows(store)
@@ -144,7 +144,12 @@ def test_since_judgment_id_and_hash(store):
 
 
 def test_snapshot_round_trip(store, tmp_path):
-    from train.dataset import build_preference_rows, dataset_hash, load_snapshot, save_snapshot
+    from prefloop.train.dataset import (
+        build_preference_rows,
+        dataset_hash,
+        load_snapshot,
+        save_snapshot,
+    )
 
     add_judged_pairs(store, 2)
     rows = build_preference_rows(store)
@@ -157,9 +162,8 @@ def test_snapshot_round_trip(store, tmp_path):
 def test_trl_accepts_rows_with_lineage(store, tiny_v0):
     """DPOTrainer tokenises conversational rows and drops the extra lineage columns itself."""
     from datasets import Dataset
+    from prefloop.train.dataset import build_preference_rows
     from trl.data_utils import is_conversational
-
-    from train.dataset import build_preference_rows
 
     add_judged_pairs(store, 2)
     rows = build_preference_rows(store)
@@ -171,8 +175,7 @@ def test_trl_accepts_rows_with_lineage(store, tiny_v0):
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
 def test_exports(store, tmp_path, fmt):
     from datasets import Dataset, load_from_disk
-
-    from train.dataset import export_rows
+    from prefloop.train.dataset import export_rows
 
     add_judged_pairs(store, 3)
     target = tmp_path / f"out.{fmt}"
@@ -185,18 +188,18 @@ def test_exports(store, tmp_path, fmt):
     else:
         loaded = load_from_disk(str(path)).to_list()
     assert len(loaded) == 3 and loaded[0]["chosen"][0]["role"] == "assistant"
-    with pytest.raises(StoreError, match="not empty"):
+    with pytest.raises(PrefloopError, match="not empty"):
         export_rows(store, target, fmt=fmt)
 
 
 def test_export_plain_and_bad_targets(store, tmp_path):
-    from train.dataset import export_rows
+    from prefloop.train.dataset import export_rows
 
     add_judged_pairs(store, 1)
     path, _ = export_rows(store, tmp_path / "plain.jsonl", conversational=False)
     row = json.loads(path.read_text())
     assert row["prompt"] == "p question 0 (train)?" and row["chosen"] == "Answer 0."
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(PrefloopError, match="does not exist"):
         export_rows(store, tmp_path / "missing" / "x.jsonl")
-    with pytest.raises(StoreError, match="format must be"):
+    with pytest.raises(PrefloopError, match="format must be"):
         export_rows(store, tmp_path / "x.csv", fmt="csv")

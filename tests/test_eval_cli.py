@@ -7,8 +7,8 @@ import random
 
 import pytest
 from click.testing import CliRunner
-
-from app import cli
+from prefloop.app import cli
+from prefloop.errors import AuthError, PrefloopError
 
 
 def _battle_store(store, votes: dict[str, int]):
@@ -66,8 +66,7 @@ def test_battles_create_refuses_bad_input(store):
 
 
 def test_battles_create_queues_blind_pairs(tiny_v0):
-    pytest.importorskip("annotate.sampler", reason="annotate/sampler.py not written yet")
-    from train.models import register_adapter_version
+    pytest.importorskip("prefloop.annotate.sampler", reason="annotate/sampler.py not written yet")
 
     store = tiny_v0
     store.add_prompts([{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(3)])
@@ -83,8 +82,7 @@ def test_battles_create_queues_blind_pairs(tiny_v0):
 def _fake_v1(store):
     """A v1 adapter (a fresh, untrained LoRA) so two versions exist without a training round."""
     from peft import LoraConfig, get_peft_model
-
-    from train import models
+    from prefloop.engine import models
 
     model, _ = models.load_fresh(store, "v0")
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
@@ -119,7 +117,7 @@ def test_simulate_cli_reports_an_early_stop(tiny_v0):
 
 
 def test_simulate_cli_bad_judge_changes_nothing(store):
-    result = CliRunner().invoke(cli, ["simulate", "--judge", "evaluate.judges:nope"])
+    result = CliRunner().invoke(cli, ["simulate", "--judge", "prefloop.evaluate.judges:nope"])
     assert result.exit_code == 1 and "has no 'nope'" in result.output
     assert store.stats()["rounds"] == 0 and store.list_annotators() == []
 
@@ -128,7 +126,7 @@ def test_simulate_cli_bad_judge_changes_nothing(store):
 # UI handlers (plain functions; role checks first)
 # --------------------------------------------------------------------------------------------
 def _token(store, role: str) -> str:
-    from annotate import auth
+    from prefloop.annotate import auth
 
     if store.annotator_by_name(f"user-{role}") is None:
         auth.create_user(store, f"user-{role}", "password123", role)
@@ -137,8 +135,7 @@ def _token(store, role: str) -> str:
 
 
 def test_evaluate_handlers_check_roles(store):
-    from annotate.auth import AuthError
-    from evaluate import ui
+    from prefloop.ui import evaluate as ui
 
     _battle_store(store, {"a": 5, "b": 2})
     annotator, maintainer = _token(store, "annotator"), _token(store, "maintainer")
@@ -154,16 +151,15 @@ def test_evaluate_handlers_check_roles(store):
     assert len(tables["versions"]) == 2 and tables["agreement"][0][0] == "ann"
     assert set(ui.evaluation_figures(store, annotator)) == {"win_rate", "heldout_accuracy", "length"}
     assert ui.demo_leaderboard(store, annotator)[0][0] == "v1"
-    from annotate.store import StoreError
 
-    with pytest.raises(StoreError, match="two different"):
+    with pytest.raises(PrefloopError, match="two different"):
         ui.queue_battles(store, maintainer, "v0", "v0", 3)
-    with pytest.raises(StoreError, match="type a prompt"):
+    with pytest.raises(PrefloopError, match="type a prompt"):
         next(ui.demo_compare(store, annotator, "  ", "v0", "v1"))
 
 
 def test_demo_compare_streams_both_sides(tiny_v0):
-    from evaluate import ui
+    from prefloop.ui import evaluate as ui
 
     store = tiny_v0
     store.set_setting("sampling", {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 5})
@@ -178,8 +174,7 @@ def test_demo_compare_streams_both_sides(tiny_v0):
 
 def test_tabs_build_inside_blocks(store):
     import gradio as gr
-
-    from evaluate import ui
+    from prefloop.ui import evaluate as ui
 
     with gr.Blocks():
         token_state = gr.State(None)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from train import generation, models
-from train.generation import SamplingError, SamplingParams, encode_conversation, generate, stream
+from prefloop.engine import generation, models
+from prefloop.engine.generation import (
+    SamplingParams,
+    encode_conversation,
+    generate,
+    stream,
+)
+from prefloop.errors import SamplingError
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,9 @@ import random
 
 import pytest
 from click.testing import CliRunner
-
-from annotate import ui
-from annotate.store import StoreError
-from app import cli
+from prefloop.app import cli
+from prefloop.errors import PrefloopError
+from prefloop.ui import annotate as ui
 from test_ui_handlers import make_pairs, signed_in
 
 
@@ -36,7 +35,7 @@ def test_gold_pair_is_served_at_gold_rate_and_scored(tiny_v0):
 def test_gold_refusals_change_nothing(tiny_v0):
     [source] = make_pairs(tiny_v0, 1)
     before = tiny_v0.scalar("select count(*) from pairs")
-    with pytest.raises(StoreError, match="no pair 999"):
+    with pytest.raises(PrefloopError, match="no pair 999"):
         tiny_v0.add_gold_pair(999, "a")
     result = CliRunner().invoke(cli, ["gold", "add", str(source), "--answer", "maybe"])
     assert result.exit_code != 0 and "Traceback" not in result.output
@@ -44,10 +43,10 @@ def test_gold_refusals_change_nothing(tiny_v0):
 
 
 def test_a_new_vote_fires_the_auto_train_trigger_once(tiny_v0, monkeypatch):
-    import train.rounds
+    import prefloop.train.rounds
 
     calls = []
-    monkeypatch.setattr(train.rounds, "maybe_auto_train", lambda store: calls.append(store))
+    monkeypatch.setattr(prefloop.train.rounds, "maybe_auto_train", lambda store: calls.append(store))
     make_pairs(tiny_v0, 1)
     token = signed_in(tiny_v0, "alice")
     screen = ui.next_pair(tiny_v0, token)
@@ -57,12 +56,12 @@ def test_a_new_vote_fires_the_auto_train_trigger_once(tiny_v0, monkeypatch):
 
 
 def test_trigger_failure_never_fails_the_vote(tiny_v0, monkeypatch):
-    import train.rounds
+    import prefloop.train.rounds
 
     def broken(store):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(train.rounds, "maybe_auto_train", broken)
+    monkeypatch.setattr(prefloop.train.rounds, "maybe_auto_train", broken)
     make_pairs(tiny_v0, 1)
     token = signed_in(tiny_v0, "alice")
     screen = ui.next_pair(tiny_v0, token)

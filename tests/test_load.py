@@ -14,8 +14,9 @@ import threading
 import time
 
 import pytest
+from prefloop.db.store import Store
+from prefloop.errors import RoundError
 
-from annotate.store import Store
 from bench.http_load import AppServer, prepare_home, run_load, vote_problems
 
 PASSWORD = "load-test-password"
@@ -23,8 +24,8 @@ PASSWORD = "load-test-password"
 
 def _start_round_when_ready(store: Store, stop: threading.Event, started: list) -> None:
     """Start a tiny DPO round (child process) as soon as there are a few preference rows."""
-    from train.config import RoundConfig
-    from train.rounds import RoundError, start_round
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import start_round
 
     config = RoundConfig(min_new_pairs=2, max_steps=3, batch_size=2, max_length=256,
                          max_prompt_length=192, lora_rank=4, lora_alpha=8)
@@ -64,7 +65,7 @@ def _load_scenario(home, tiny_model_dir, annotators: int, votes: int, with_round
                 trainer.join()
         round_row = None
         if round_ids:
-            from train.rounds import wait_round
+            from prefloop.train.rounds import wait_round
 
             round_row = wait_round(store, round_ids[0], timeout=300)
         log = server.log_tail()

@@ -7,9 +7,8 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-
-from app import cli
-from train import models
+from prefloop.app import cli
+from prefloop.engine import models
 
 
 def add_random_adapter(store, parent: str, seed: int) -> dict:
@@ -155,7 +154,7 @@ def test_a_failed_conversion_in_the_child_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_bundled_model_knows_the_capital_of_france(store):
-    from train.generation import SamplingParams, generate
+    from prefloop.engine.generation import SamplingParams, generate
 
     version = models.create_base_version(store)  # converts the bundled GGUF
     assert store.active_version()["name"] == version["name"] == "v0"

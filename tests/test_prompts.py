@@ -6,18 +6,16 @@ import json
 from collections import Counter
 
 import pytest
-
-from annotate.prompts import (
+from prefloop.annotate.prompts import (
     MAX_PROMPT_CHARS,
     STARTER_PROMPTS,
-    PromptImportError,
     hash_split,
     import_prompts,
     load_starter_prompts,
     prompt_key,
     read_prompts,
 )
-from annotate.store import StoreError
+from prefloop.errors import PrefloopError, PromptImportError
 
 
 def write_jsonl(path, records):
@@ -161,7 +159,7 @@ def test_bad_jsonl_changes_nothing(store, tmp_path, case):
         import_prompts(store, path)
     for fragment in expected:
         assert fragment in str(caught.value)
-    assert isinstance(caught.value, StoreError)
+    assert isinstance(caught.value, PrefloopError)
     assert [p["text"] for p in store.list_prompts()] == ["already here"]
 
 

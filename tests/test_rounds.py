@@ -8,16 +8,15 @@ import time
 
 import pytest
 import torch
+from prefloop.errors import ConfigError, PrefloopError
 from safetensors.torch import load_file
-
-from annotate.store import StoreError
 from test_dataset import add_judged_pairs
 
 FAST = dict(max_steps=3, batch_size=2, gradient_accumulation=1, max_length=96, max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3)
 
 
 def fast_config(**overrides):
-    from train.config import RoundConfig
+    from prefloop.train.config import RoundConfig
 
     return RoundConfig(**{**FAST, "min_new_pairs": 1, **overrides})
 
@@ -31,7 +30,7 @@ def ready_store(store, n=6, heldout=2):
 
 
 def new_round(store, **overrides) -> int:
-    from train.rounds import create_round
+    from prefloop.train.rounds import create_round
 
     return create_round(store, fast_config(**overrides))
 
@@ -41,7 +40,7 @@ def state_of(store):
 
 
 def base_weights(store, name="v0"):
-    from train import models
+    from prefloop.engine import models
 
     model, _ = models.load_version(store, name)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -49,8 +48,8 @@ def base_weights(store, name="v0"):
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
 def test_round_trains_an_adapter(tiny_v0, method):
-    from train import models
-    from train.rounds import run_round
+    from prefloop.engine import models
+    from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
     before = base_weights(store)
@@ -82,9 +81,9 @@ def test_round_trains_an_adapter(tiny_v0, method):
 
 
 def test_gate_promotes_or_waits(tiny_v0):
-    from train.heldout import preference_accuracy
-    from train.dataset import build_preference_rows
-    from train.rounds import run_round
+    from prefloop.engine.heldout import preference_accuracy
+    from prefloop.train.dataset import build_preference_rows
+    from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
     store.set_setting("promotion_min_accuracy", 1.01)  # impossible: the candidate must wait
@@ -101,7 +100,7 @@ def test_gate_promotes_or_waits(tiny_v0):
 
 
 def test_no_heldout_judgments_follow_the_setting(tiny_v0):
-    from train.rounds import run_round
+    from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0, heldout=0)
     round_id = new_round(store)
@@ -111,7 +110,7 @@ def test_no_heldout_judgments_follow_the_setting(tiny_v0):
     assert done["status"] == "trained" and store.get_setting("active_version") == "v0"
     # with the gate off (0) the next round promotes; it learns only from judgments after v1's
     store.set_setting("promotion_min_accuracy", 0.0)
-    from train import models
+    from prefloop.engine import models
 
     models.promote(store, "v1")
     add_judged_pairs(store, 2, tag="more")
@@ -123,29 +122,28 @@ def test_no_heldout_judgments_follow_the_setting(tiny_v0):
 
 
 def test_refusals_change_nothing(tiny_v0):
-    from train.config import RoundConfig
-    from train.rounds import create_round
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round
 
     store = tiny_v0
-    with pytest.raises(StoreError, match="no new preference rows"):
+    with pytest.raises(PrefloopError, match="no new preference rows"):
         create_round(store, RoundConfig())
     store.set_setting("min_new_pairs", 10)
     add_judged_pairs(store, 3)
-    with pytest.raises(StoreError, match=r"need 7 more pairs \(have 3 of 10\)"):
+    with pytest.raises(PrefloopError, match=r"need 7 more pairs \(have 3 of 10\)"):
         create_round(store, RoundConfig())
-    with pytest.raises(StoreError, match="learning_rate must be in"):
+    with pytest.raises(PrefloopError, match="learning_rate must be in"):
         create_round(store, RoundConfig(learning_rate=5.0))
-    with pytest.raises(StoreError, match="method must be one of"):
+    with pytest.raises(PrefloopError, match="method must be one of"):
         create_round(store, RoundConfig(method="ppo"))
-    with pytest.raises(StoreError, match="full fine-tuning is not supported"):
+    with pytest.raises(PrefloopError, match="full fine-tuning is not supported"):
         create_round(store, RoundConfig(full_finetune=True))
     assert store.list_rounds() == [] and state_of(store) == ("v0", ["v0"])
 
 
 def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
     import trl
-
-    from train.rounds import run_round
+    from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
 
@@ -155,12 +153,12 @@ def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
     round_id = new_round(store)
     with monkeypatch.context() as patch:  # undo only this, not the home fixture's env
         patch.setattr(trl.DPOTrainer, "train", boom)
-        with pytest.raises(StoreError, match="simulated trainer crash"):
+        with pytest.raises(PrefloopError, match="simulated trainer crash"):
             run_round(store, round_id)
     failed = store.round(round_id)
     assert failed["status"] == "failed" and "RuntimeError: simulated trainer crash" in failed["error"]
     assert state_of(store) == ("v0", ["v0"])
-    with pytest.raises(StoreError, match="not pending"):
+    with pytest.raises(PrefloopError, match="not pending"):
         run_round(store, round_id)
     result = run_round(store, new_round(store))
     assert result["version"] == "v1"
@@ -168,7 +166,12 @@ def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
 
 def test_sigkill_child_is_reaped(tiny_v0):
     """A real child process, killed mid-round: failed, nothing listed, the next round works."""
-    from train.rounds import reap_dead_rounds, run_round, start_round, wait_round
+    from prefloop.train.rounds import (
+        reap_dead_rounds,
+        run_round,
+        start_round,
+        wait_round,
+    )
 
     store = ready_store(tiny_v0)
     round_id = start_round(store, fast_config(max_steps=400))
@@ -192,7 +195,7 @@ def test_sigkill_child_is_reaped(tiny_v0):
 
 
 def test_child_process_round_finishes(tiny_v0):
-    from train.rounds import start_round, wait_round
+    from prefloop.train.rounds import start_round, wait_round
 
     store = ready_store(tiny_v0)
     round_id = start_round(store, fast_config())
@@ -205,16 +208,16 @@ def test_child_process_round_finishes(tiny_v0):
 
 
 def test_one_round_at_a_time(tiny_v0):
-    from train.rounds import create_round
+    from prefloop.train.rounds import create_round
 
     store = ready_store(tiny_v0)
     new_round(store)
-    with pytest.raises(StoreError, match="still pending"):
+    with pytest.raises(PrefloopError, match="still pending"):
         create_round(store, fast_config())
 
 
 def test_auto_train_starts_after_enough_judgments(tiny_v0, monkeypatch):
-    from train import rounds
+    from prefloop.train import rounds
 
     store = ready_store(tiny_v0, heldout=0)
     started = []
@@ -227,8 +230,8 @@ def test_auto_train_starts_after_enough_judgments(tiny_v0, monkeypatch):
 
 
 def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, capsys):
-    """`accelerate launch -m train --round ID` sets these on a single CPU process."""
-    from train.__main__ import main, make_parser
+    """`accelerate launch -m prefloop.train --round ID` sets these on a single CPU process."""
+    from prefloop.train.__main__ import main, make_parser
 
     store = ready_store(tiny_v0, heldout=0)
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "ACCELERATE_MIXED_PRECISION": "no",
@@ -245,7 +248,7 @@ def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, cap
 def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
     """prefloop precomputes the parent's log-probs in one pass; TRL's default redoes them every step."""
     import trl.trainer.dpo_trainer as dpo_trainer
-    from train import rounds
+    from prefloop.train import rounds
 
     calls = []
     real = dpo_trainer.use_adapter
@@ -270,7 +273,7 @@ def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
 
 
 def test_round_records_phase_times_and_peak_memory(tiny_v0):
-    from train.rounds import run_round
+    from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
     round_id = new_round(store)
@@ -284,8 +287,8 @@ def test_round_records_phase_times_and_peak_memory(tiny_v0):
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
 def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
     """The speed settings are what the real trainer runs with; bf16 follows RoundConfig.precision."""
-    from train import rounds
-    from train.config import RoundConfig
+    from prefloop.train import rounds
+    from prefloop.train.config import RoundConfig
 
     store = ready_store(tiny_v0)
     seen = {}
@@ -304,7 +307,7 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
     assert args.max_length == 96 and args.logging_steps == 1 and args.dataloader_num_workers == 0
     assert getattr(args, "precompute_ref_log_probs", False) is (method == "dpo")
     assert rounds.trainer_settings(RoundConfig(precision="fp32"), False, rounds.round_dir(1))["bf16"] is False
-    from train.models import cpu_has_native_bf16
+    from prefloop.engine.models import cpu_has_native_bf16
 
     assert rounds.use_bf16(RoundConfig(precision="auto"), False) == cpu_has_native_bf16()
     # TRL zeroes every dropout unless told otherwise: a nonzero lora_dropout must survive
@@ -315,7 +318,7 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
 
 
 def test_precision_is_validated():
-    from train.config import ConfigError, RoundConfig
+    from prefloop.train.config import RoundConfig
 
     with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
         RoundConfig(precision="fp16").validate()
@@ -323,9 +326,8 @@ def test_precision_is_validated():
 
 def test_sequence_logps_sorted_batches_keep_the_callers_order(tiny_model_dir):
     """Held-out scoring batches rows by length; each row's log-prob must not depend on its batch."""
+    from prefloop.engine.heldout import sequence_logps
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from train.heldout import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -341,10 +343,9 @@ def test_sequence_logps_sorted_batches_keep_the_callers_order(tiny_model_dir):
 def test_lm_head_on_completions_only_gives_the_same_log_probs(tiny_model_dir):
     """The CPU shortcut (score only labelled positions) changes the cost, not the numbers or gradients."""
     import trl.trainer.utils as trl_utils
+    from prefloop.train.rounds import _completion_tokens_only
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
-
-    from train.rounds import _completion_tokens_only
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)

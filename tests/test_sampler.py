@@ -5,11 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from annotate import sampler
-from annotate.sampler import QueueFiller, near_identical, sample_battle_pairs, sample_pairs, stream_live_pair
-from train import generation, models
-from train.generation import SamplingParams
+from prefloop.annotate import sampler
+from prefloop.annotate.sampler import (
+    QueueFiller,
+    near_identical,
+    sample_battle_pairs,
+    sample_pairs,
+    stream_live_pair,
+)
+from prefloop.engine import generation, models
+from prefloop.engine.generation import SamplingParams
 
 FAST = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6)
 
@@ -31,7 +36,7 @@ def generations_of(store, pair_id):
 
 def sampling_dtype_name() -> str:
     """What the sampler loads a version in on this machine (float32 or bfloat16)."""
-    from train.generation import sampling_dtype
+    from prefloop.engine.generation import sampling_dtype
 
     return str(sampling_dtype("cpu")).removeprefix("torch.")
 

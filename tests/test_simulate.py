@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from prefloop.errors import JudgeError, PrefloopError
+from prefloop.evaluate import judges
 
-from evaluate import judges
-from evaluate.judges import JudgeError
 from tests.sim_judges import always_tie, decisive
 
 LIST = "Here you go:\n- first\n- second\n- third"
@@ -42,9 +42,9 @@ def test_noisy_flips_about_the_right_share():
 
 
 def test_load_judge():
-    assert judges.load_judge("evaluate.judges:concise") is judges.concise
+    assert judges.load_judge("prefloop.evaluate.judges:concise") is judges.concise
     for spec, message in [("concise", "module:function"), ("no_such_module_xyz:f", "cannot import"),
-                          ("evaluate.judges:missing", "has no"), ("evaluate.judges:TIE_MARGIN_CHARS", "not callable"),
+                          ("prefloop.evaluate.judges:missing", "has no"), ("prefloop.evaluate.judges:TIE_MARGIN_CHARS", "not callable"),
                           (":concise", "module:function")]:
         with pytest.raises(JudgeError, match=message):
             judges.load_judge(spec)
@@ -63,19 +63,18 @@ def _prompts(store, train: int, heldout: int) -> None:
 
 
 def test_simulation_refuses_without_a_model_or_prompts(store):
-    from annotate.store import StoreError
-    from evaluate.simulate import SimulationConfig, run_simulation
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
-    with pytest.raises(StoreError, match="prefloop init"):
+    with pytest.raises(PrefloopError, match="prefloop init"):
         run_simulation(store, SimulationConfig(rounds=1), progress=False)
-    with pytest.raises(StoreError, match="rounds must be"):
+    with pytest.raises(PrefloopError, match="rounds must be"):
         SimulationConfig(rounds=0).validate()
 
 
 def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
-    pytest.importorskip("annotate.sampler", reason="annotate/sampler.py not written yet")
-    pytest.importorskip("train.rounds", reason="train/rounds.py not written yet")
-    from evaluate.simulate import SimulationConfig, run_simulation
+    pytest.importorskip("prefloop.annotate.sampler", reason="annotate/sampler.py not written yet")
+    pytest.importorskip("prefloop.train.rounds", reason="train/rounds.py not written yet")
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
     store = tiny_v0
     _prompts(store, train=10, heldout=6)
@@ -106,7 +105,7 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
 
 def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
     """A round whose votes are all ties trains nothing; the rounds already run are kept."""
-    from evaluate.simulate import SimulationConfig, run_simulation
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
     store = tiny_v0
     _prompts(store, train=4, heldout=0)

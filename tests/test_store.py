@@ -1,9 +1,7 @@
 """The schema as migrated, and the store's vote bookkeeping."""
 
-import pytest
 
-from annotate.store import Store, StoreError
-
+from prefloop.db.store import Store
 
 EXPECTED_SCHEMA = {
     "annotators": {"id": int, "name": str, "role": str, "password_hash": str, "active": int,

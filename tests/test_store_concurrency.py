@@ -4,7 +4,7 @@ The app (votes), a training round (metrics and heartbeats) and the CLI (settings
 imports) are separate processes in production. Here each is a real process writing through
 ``Store`` (or the ``prefloop`` CLI) as fast as it can, all started together; every one must
 finish cleanly and every write must be there. Then the other side of the promise: retries are
-bounded, so a lock held longer than the budget gives a clear StoreError, not a hang and not a
+bounded, so a lock held longer than the budget gives a clear PrefloopError, not a hang and not a
 raw sqlite3 error.
 """
 
@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from annotate import auth
-from annotate.store import Store, StoreError
+from prefloop.annotate import auth
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError
 
 REPO = Path(__file__).resolve().parents[1]
 VOTERS, VOTES_EACH, METRIC_STEPS, IMPORTED, SETTING_WRITES = 4, 40, 120, 400, 6
 
 VOTER = """
 import sys, time
-from annotate.store import Store
+from prefloop.db.store import Store
 annotator_id, first_pair, count, start_at = map(float, sys.argv[1:5])
 store = Store()
 time.sleep(max(0.0, start_at - time.time()))
@@ -41,7 +41,7 @@ for pair_id in range(int(first_pair), int(first_pair) + int(count)):
 
 ROUND_WRITER = """
 import sys, time
-from annotate.store import Store, now
+from prefloop.db.store import Store, now
 round_id, steps, start_at = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 store = Store()
 time.sleep(max(0.0, start_at - time.time()))
@@ -138,7 +138,7 @@ def _hold_write_lock(store: Store, seconds: float) -> subprocess.Popen:
 @pytest.fixture
 def impatient_store(store, monkeypatch):
     """A second Store on the same file whose busy timeout is 0.1 s, so the budget is seconds."""
-    import annotate.store as store_module
+    import prefloop.db.store as store_module
 
     store.set_setting("queue_target", 7)
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
@@ -151,7 +151,7 @@ def test_a_lock_held_past_the_retry_budget_gives_a_clear_error(store, impatient_
     holder = _hold_write_lock(store, 60)
     try:
         started = time.monotonic()
-        with pytest.raises(StoreError, match="busy for too long"):
+        with pytest.raises(PrefloopError, match="busy for too long"):
             impatient_store.set_setting("queue_target", 99)
         waited = time.monotonic() - started
         assert 1.0 < waited < 20, waited  # it retried, and it gave up
@@ -183,7 +183,7 @@ def test_threads_of_one_process_queue_without_meeting_sqlite_busy(store, home, m
     import sqlite3
     import threading
 
-    import annotate.store as store_module
+    import prefloop.db.store as store_module
 
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 0)
     collisions = []

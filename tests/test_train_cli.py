@@ -6,9 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
-from annotate import auth
-from app import cli
+from prefloop.annotate import auth
+from prefloop.app import cli
 from test_dataset import PASSWORD, add_judged_pairs, annotator
 from test_rounds import FAST
 
@@ -100,7 +99,7 @@ def tokens(store):
 
 
 def test_ui_handlers_require_a_maintainer(tiny_v0):
-    from train import ui
+    from prefloop.ui import train as ui
 
     store = tiny_v0
     _, annotator_token = tokens(store)
@@ -114,8 +113,8 @@ def test_ui_handlers_require_a_maintainer(tiny_v0):
 
 
 def test_ui_handlers_run_the_loop(tiny_v0):
-    from train import ui
-    from train.rounds import run_round
+    from prefloop.train.rounds import run_round
+    from prefloop.ui import train as ui
 
     store = tiny_v0
     boss, _ = tokens(store)
@@ -125,8 +124,8 @@ def test_ui_handlers_run_the_loop(tiny_v0):
     assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
     add_judged_pairs(store, 4)
     assert "4 new preference pairs" in ui.readiness_text(store, boss)
-    from train.config import RoundConfig
-    from train.rounds import create_round
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round
 
     round_id = create_round(store, RoundConfig(**FAST, min_new_pairs=1))
     run_round(store, round_id)
@@ -143,8 +142,7 @@ def test_ui_handlers_run_the_loop(tiny_v0):
 
 def test_train_tab_builds(tiny_v0):
     import gradio as gr
-
-    from train.ui import build_train_tab
+    from prefloop.ui.train import build_train_tab
 
     with gr.Blocks():
         token_state = gr.State(None)

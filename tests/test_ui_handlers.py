@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
-
-from annotate import auth, ui
-from annotate.render import MAX_OUTPUT_CHARS, render_markdown, render_prompt
-from annotate.store import StoreError
+from prefloop.annotate import auth
+from prefloop.errors import PrefloopError
+from prefloop.ui import annotate as ui
+from prefloop.ui.render import MAX_OUTPUT_CHARS, render_markdown, render_prompt
 
 PASSWORD = "correct horse"
 
@@ -176,7 +176,7 @@ def test_unknown_reason_tag_changes_nothing(tiny_v0):
     make_pairs(tiny_v0, 1)
     token = signed_in(tiny_v0, "alice")
     shown = ui.next_pair(tiny_v0, token).pair
-    with pytest.raises(StoreError, match="unknown reason"):
+    with pytest.raises(PrefloopError, match="unknown reason"):
         ui.vote(tiny_v0, token, shown, "left", ["<script>"])
     assert tiny_v0.scalar("select count(*) from judgments") == 0
 
@@ -201,9 +201,9 @@ def test_progress_line_counts(tiny_v0):
 
 def test_live_prompt_validates_before_generating(tiny_v0):
     token = signed_in(tiny_v0, "alice")
-    with pytest.raises(StoreError, match="type a prompt"):
+    with pytest.raises(PrefloopError, match="type a prompt"):
         next(ui.live_prompt(tiny_v0, token, "   "))
-    with pytest.raises(StoreError, match="limited"):
+    with pytest.raises(PrefloopError, match="limited"):
         next(ui.live_prompt(tiny_v0, token, "x" * (ui.MAX_LIVE_PROMPT_CHARS + 1)))
 
 
@@ -289,7 +289,7 @@ def test_huge_output_is_truncated_with_a_note():
 
 # -- commands -------------------------------------------------------------------------------------
 def test_users_commands(store, monkeypatch):
-    from app import cli
+    from prefloop.app import cli
 
     runner = CliRunner()
     monkeypatch.setenv("PF_TEST_PW", "hunter2-hunter2")
@@ -333,7 +333,7 @@ def test_users_commands(store, monkeypatch):
 
 
 def test_app_builds_without_launching(tiny_v0):
-    import app
+    from prefloop import app
 
     demo = app.build_app(tiny_v0)
     assert demo.is_running is False

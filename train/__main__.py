@@ -1,14 +1,14 @@
 """Run one training round in this process: the entry point of the child that `prefloop train` spawns.
 
     # train a round the app or `prefloop train` created (this is what they spawn)
-    python -m train --round 3
+    python -m prefloop.train --round 3
 
     # create a round from a JSON config and train it here (single process)
-    python -m train --config-json '{"method": "orpo", "learning_rate": 5e-5, "epochs": 1}'
+    python -m prefloop.train --config-json '{"method": "orpo", "learning_rate": 5e-5, "epochs": 1}'
 
     # many GPUs: create the round without spawning, then launch every rank on it
     prefloop train --method dpo --create-only          # prints the round id, e.g. 3
-    accelerate launch -m train --round 3               # rank 0 writes progress and the version
+    accelerate launch -m prefloop.train --round 3               # rank 0 writes progress and the version
 
 The data folder comes from $PREFLOOP_HOME. Exit status 0 when the round finished (promoted or
 awaiting a maintainer), 1 when it failed; the reason is printed and stored on the round.
@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from prefloop.errors import ConfigError, PrefloopError
+
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description="Run one prefloop training round.")
@@ -32,18 +34,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from annotate.store import Store, StoreError
-    from train.config import ConfigError, RoundConfig
-    from train.rounds import create_round, is_main_process, run_round
-
-    from train.models import share_cpu_cores
+    from prefloop.db.store import Store
+    from prefloop.engine.models import share_cpu_cores
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round, is_main_process, run_round
 
     share_cpu_cores()  # the app's sampler keeps running beside this round
     store = Store()
     try:
         if args.config_json is not None:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                raise StoreError(
+                raise PrefloopError(
                     "--config-json creates a round, which every rank would do: with accelerate, "
                     "create it first (`prefloop train --create-only`) and pass --round ID"
                 )
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             round_id = args.round_id
         summary = run_round(store, round_id)
-    except StoreError as error:
+    except PrefloopError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -13,14 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from annotate.store import StoreError
+from prefloop.errors import ConfigError
 
 METHODS = ("dpo", "orpo")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class ConfigError(StoreError):
-    """A round setting is out of range; the message names the field and the allowed range."""
 
 
 def _same_kind(default: Any, value: Any) -> bool:

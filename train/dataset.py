@@ -29,16 +29,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from annotate.store import SPLITS, Store, StoreError
+from prefloop.db.store import SPLITS, Store
+from prefloop.errors import DatasetError
 
 TRAIN_PURPOSES = ("train", "live")
 HELDOUT_PURPOSES = ("train", "live", "arena")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-class DatasetError(StoreError):
-    """The dataset cannot be built or written; the message says why."""
 
 
 def build_preference_rows(store: Store, since_judgment_id: int = 0, split: str = "train") -> list[dict]:

@@ -3,7 +3,7 @@
 The life of a round, in the order the code below runs it:
 
 1. ``start_round`` (app or CLI): check the config and the readiness gate (enough new preference
-   rows), insert the round row (``pending``), spawn ``python -m train --round ID`` in its own
+   rows), insert the round row (``pending``), spawn ``python -m prefloop.train --round ID`` in its own
    process group with output to ``rounds/<id>/log.txt``, and record its pid. The app never trains
    in its own process, so a crash or a kill in training cannot take the annotators down.
 2. ``run_round`` (the child): snapshot the dataset (JSONL + sha256) into the round folder, load a
@@ -31,6 +31,7 @@ no round (v0) learns from all of them. ``all_judgments=True`` uses every train j
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
 import os
 import subprocess
@@ -38,13 +39,18 @@ import sys
 import threading
 import time
 import traceback
-import datetime as dt
 from pathlib import Path
 from typing import Callable
 
-from annotate.store import Store, StoreError, now, prefloop_home
-from train.config import RoundConfig
-from train.dataset import build_preference_rows, judgment_range, save_snapshot, training_columns
+from prefloop.db.store import Store, now, prefloop_home
+from prefloop.errors import PrefloopError, RoundError
+from prefloop.train.config import RoundConfig
+from prefloop.train.dataset import (
+    build_preference_rows,
+    judgment_range,
+    save_snapshot,
+    training_columns,
+)
 
 ACTIVE_STATUSES = ("pending", "running")
 FINISHED_STATUSES = ("failed", "trained", "promoted", "rejected")
@@ -54,10 +60,6 @@ DIED_MESSAGE = "the training process died (killed or crashed)"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _children: dict[int, subprocess.Popen] = {}  # rounds this process spawned, to reap zombies
-
-
-class RoundError(StoreError):
-    """A round cannot start, or failed; the message says why."""
 
 
 def round_dir(round_id: int) -> Path:
@@ -115,7 +117,7 @@ def create_round(store: Store, config: RoundConfig) -> int:
 
 
 def start_round(store: Store, config: RoundConfig) -> int:
-    """Create a round and train it in a child process (``python -m train --round ID``)."""
+    """Create a round and train it in a child process (``python -m prefloop.train --round ID``)."""
     round_id = create_round(store, config)
     folder = round_dir(round_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def start_round(store: Store, config: RoundConfig) -> int:
     try:
         with (folder / "log.txt").open("ab") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", "train", "--round", str(round_id)],
+                [sys.executable, "-m", "prefloop.train", "--round", str(round_id)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -155,7 +157,7 @@ def maybe_auto_train(store: Store) -> int | None:
         if store.count_judgments_since(watermark) < every:
             return None
         return start_round(store, RoundConfig())
-    except StoreError:
+    except PrefloopError:
         return None
 
 
@@ -184,7 +186,7 @@ def reap_dead_rounds(store: Store) -> list[int]:
 
 def _withdraw_versions_of(store: Store, round_id: int) -> None:
     """A version registered by a round that then died is not trusted: mark it rejected."""
-    from train import models
+    from prefloop.engine import models
 
     active = store.active_version()
     for version in store.list_versions():
@@ -288,7 +290,7 @@ def run_round(store: Store, round_id: int, *, settings: Callable[[RoundConfig, b
 
 
 def failure_reason(error: BaseException, round_id: int) -> str:
-    if isinstance(error, StoreError):
+    if isinstance(error, PrefloopError):
         return str(error)
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
@@ -317,14 +319,13 @@ class _Heartbeat:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self.store.update_round(self.round_id, heartbeat_at=now())
-            except StoreError:
+            except PrefloopError:
                 pass  # a busy database delays one beat; the stale limit is far longer
 
 
 def _train(store: Store, current: dict, config: RoundConfig, main: bool, settings) -> dict:
     import torch
-
-    from train import models
+    from prefloop.engine import models
 
     clock = _PhaseClock()
     round_id = current["id"]
@@ -546,7 +547,7 @@ def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
     """Whether the round trains under bf16 autocast (see RoundConfig.precision)."""
     if config.precision != "auto":
         return config.precision == "bf16"
-    from train.models import cpu_has_native_bf16
+    from prefloop.engine.models import cpu_has_native_bf16
 
     return _gpu_bf16() if on_gpu else cpu_has_native_bf16()
 
@@ -582,7 +583,7 @@ def _progress_callback(store: Store, round_id: int):
 
 def _adapter_accuracy(peft_model, tokenizer, rows: list[dict], max_length: int) -> float:
     """Held-out accuracy of the trained adapter against its parent (the adapter switched off)."""
-    from train.heldout import reward_margins
+    from prefloop.engine.heldout import reward_margins
 
     policy = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
     with peft_model.disable_adapter():
@@ -631,14 +632,14 @@ def _last_values(metric_rows: list[dict]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 def promote_round(store: Store, round_id: int) -> dict:
     """A maintainer makes the round's candidate the active version."""
-    from train import models
+    from prefloop.engine import models
 
     return _decide(store, round_id, models.promote, "promoted")
 
 
 def reject_round(store: Store, round_id: int) -> dict:
     """A maintainer rejects the round's candidate: kept on disk, never promoted."""
-    from train import models
+    from prefloop.engine import models
 
     return _decide(store, round_id, models.reject, "rejected")
 

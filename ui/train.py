@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from annotate import auth
-from annotate.store import Store, StoreError
+from prefloop.annotate import auth
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError
 
 ROUND_HEADERS = ["id", "method", "parent", "version", "status", "progress", "pairs", "lr", "beta", "epochs",
                  "lora_rank", "train_loss", "heldout_acc", "outcome", "created"]
@@ -29,8 +30,8 @@ def start_round_action(
     """Start a round in a child process; returns a message for the page."""
     try:
         auth.require_role(store, token, "maintainer")
-        from train.config import RoundConfig
-        from train.rounds import start_round
+        from prefloop.train.config import RoundConfig
+        from prefloop.train.rounds import start_round
 
         config = RoundConfig(
             method=method, learning_rate=float(learning_rate), epochs=float(epochs), beta=float(beta),
@@ -39,7 +40,7 @@ def start_round_action(
             precision=precision,
         ).validate()
         round_id = start_round(store, config)
-    except StoreError as error:
+    except PrefloopError as error:
         return f"**Not started:** {error}"
     except (TypeError, ValueError) as error:
         return f"**Not started:** check the numbers ({error})"
@@ -49,10 +50,10 @@ def start_round_action(
 def readiness_text(store: Store, token: str | None) -> str:
     try:
         auth.require_role(store, token, "maintainer")
-        from train.rounds import readiness
+        from prefloop.train.rounds import readiness
 
         state = readiness(store)
-    except StoreError as error:
+    except PrefloopError as error:
         return f"**{error}**"
     verdict = "ready to train" if state["ready"] else f"need {max(state['need'], 1) - state['have']} more"
     return (f"Active version **{state['parent']}**: {state['have']} new preference pairs "
@@ -62,7 +63,7 @@ def readiness_text(store: Store, token: str | None) -> str:
 def rounds_table(store: Store, token: str | None) -> list[list[Any]]:
     """Every round, newest first, as table rows (ROUND_HEADERS); reaps dead children first."""
     auth.require_role(store, token, "maintainer")
-    from train.cli_rounds import round_rows
+    from prefloop.cli.rounds import round_rows
 
     return [[r[h] for h in ROUND_HEADERS] for r in reversed(round_rows(store))]
 
@@ -95,8 +96,8 @@ def decide_action(store: Store, token: str | None, action: str, round_id: int | 
     """promote / reject a round's candidate, or roll the active version back to its parent."""
     try:
         auth.require_role(store, token, "maintainer")
-        from train import models
-        from train.rounds import promote_round, reject_round
+        from prefloop.engine import models
+        from prefloop.train.rounds import promote_round, reject_round
 
         if action == "rollback":
             version = models.rollback(store)
@@ -110,7 +111,7 @@ def decide_action(store: Store, token: str | None, action: str, round_id: int | 
             done = reject_round(store, int(round_id))
             return f"Round {round_id}: {store.version(done['new_version_id'])['name']} rejected."
         return f"**Unknown action {action!r}.**"
-    except StoreError as error:
+    except PrefloopError as error:
         return f"**{error}**"
 
 
@@ -123,8 +124,7 @@ def build_train_tab(store: Store, token_state) -> dict:
     Example: build_train_tab(store, token_state)  # inside `with gr.Tab("Train"):`
     """
     import gradio as gr
-
-    from train.config import PRECISIONS, RoundConfig
+    from prefloop.train.config import PRECISIONS, RoundConfig
 
     defaults = RoundConfig()
     ready = gr.Markdown()
@@ -156,7 +156,7 @@ def build_train_tab(store: Store, token_state) -> dict:
             selected = selected if selected not in (None, "") and int(selected) in choices else (choices[0] if choices else None)
             frames = curve_frames(store, token, selected)
             rows = rounds_table(store, token)
-        except StoreError:
+        except PrefloopError:
             return [gr.update()] * 5
         return [readiness_text(store, token), gr.Dropdown(choices=choices, value=selected),
                 frames["loss"], frames["margin"], rows]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import sqlite_utils
+from prefloop.errors import StoreError
 from sqlite_utils import Migrations
 
 SCHEMA_VERSION_SET = "prefloop"
@@ -51,8 +52,6 @@ _JUDGMENT_LINEAGE_JOINS = (
 )
 
 
-class StoreError(Exception):
-    """A problem a user can act on; the message says what and is safe to show."""
 
 
 def prefloop_home() -> Path:
@@ -1037,7 +1036,7 @@ class Store:
     def judgment_export_rows(self) -> list[dict]:
         """Every judgment with its full lineage by *names and texts*, never ids or hashes:
         prompt, both generations (version name, params, seed, text), the side shown left, the
-        annotator's name. Used by ``annotate.transfer``; ordered by judgment id."""
+        annotator's name. Used by ``prefloop.annotate.transfer``; ordered by judgment id."""
         rows = self.rows(
             "select j.choice, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.created_at, "
             "case when j.left_generation_id = x.generation_a_id then 'a' else 'b' end as shown_left, "
@@ -1057,7 +1056,7 @@ class Store:
         return rows
 
     def import_judgment_records(self, records: list[dict]) -> dict[str, int]:
-        """Insert validated judgment records (``annotate.transfer`` shape) in ONE transaction.
+        """Insert validated judgment records (``prefloop.annotate.transfer`` shape) in ONE transaction.
 
         Everything is matched by content, so importing the same file twice adds nothing:
         prompts by content hash, versions and annotators by name, generations by (prompt,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import click
-
-from annotate.store import Store
+from prefloop.db.store import Store
+from prefloop.errors import ConfigError, RoundError
 
 
 def _store() -> Store:
@@ -42,14 +42,14 @@ def _store() -> Store:
 def train_command(config_json, wait, in_process, create_only, **options) -> None:
     """Start a training round on the active version: DPO or ORPO with a LoRA adapter.
 
-    The round trains in a child process (`python -m train --round ID`); by default this command
+    The round trains in a child process (`python -m prefloop.train --round ID`); by default this command
     follows it with a progress bar. The gate (min_new_pairs setting) refuses a round with too few
     new preference pairs.
 
     Example: prefloop train --method dpo --lr 5e-5 --epochs 2
     """
-    from train.config import ConfigError, RoundConfig
-    from train.rounds import create_round, run_round, start_round
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round, run_round, start_round
 
     values = {}
     if config_json:
@@ -86,9 +86,8 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
 
 def follow_round(store: Store, round_id: int, timeout: float | None = None) -> dict:
     """Wait for a round with a tqdm bar fed from its stored progress."""
+    from prefloop.train.rounds import wait_round
     from tqdm import tqdm
-
-    from train.rounds import wait_round
 
     with tqdm(total=100, desc=f"round {round_id}", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}]") as bar:
 
@@ -115,7 +114,7 @@ def _echo_result(current: dict, version: str | None) -> None:
 
 
 def _log_path(round_id: int) -> str:
-    from train.rounds import round_dir
+    from prefloop.train.rounds import round_dir
 
     return str(round_dir(round_id) / "log.txt")
 
@@ -133,7 +132,7 @@ def rounds_group() -> None:
 
 def round_rows(store: Store) -> list[dict]:
     """One summary dict per round (after reaping dead children): used by the CLI and the UI."""
-    from train.rounds import reap_dead_rounds
+    from prefloop.train.rounds import reap_dead_rounds
 
     reap_dead_rounds(store)
     names = {v["id"]: v["name"] for v in store.list_versions()}
@@ -191,7 +190,7 @@ def rounds_show(round_id: int) -> None:
 
     Example: prefloop rounds show 3
     """
-    from train.rounds import RoundError, reap_dead_rounds, round_dir
+    from prefloop.train.rounds import reap_dead_rounds, round_dir
 
     store = _store()
     reap_dead_rounds(store)
@@ -212,7 +211,7 @@ def rounds_promote(round_id: int) -> None:
 
     Example: prefloop rounds promote 3
     """
-    from train.rounds import promote_round
+    from prefloop.train.rounds import promote_round
 
     store = _store()
     done = promote_round(store, round_id)
@@ -226,7 +225,7 @@ def rounds_reject(round_id: int) -> None:
 
     Example: prefloop rounds reject 3
     """
-    from train.rounds import reject_round
+    from prefloop.train.rounds import reject_round
 
     store = _store()
     done = reject_round(store, round_id)
@@ -254,14 +253,14 @@ def export_command(out: str, fmt: str, split: str, plain: bool, what: str) -> No
     Example: prefloop export --format parquet prefs.parquet --split train
     """
     if what == "judgments":
-        from annotate.transfer import export_judgments
+        from prefloop.annotate.transfer import export_judgments
 
         if fmt != "jsonl":
             raise click.UsageError("--what judgments writes JSONL only; drop --format")
         path, count = export_judgments(_store(), out)
         click.echo(f"wrote {count} judgments with lineage to {path}")
         return
-    from train.dataset import export_rows
+    from prefloop.train.dataset import export_rows
 
     path, count = export_rows(_store(), out, fmt=fmt, split=split, conversational=not plain)
     click.echo(f"wrote {count} {split} rows to {path}")

@@ -16,17 +16,23 @@ Example:
 
 from __future__ import annotations
 
-import logging
-
 import datetime as dt
 import html
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from annotate import auth
-from annotate.render import highlight_css, panel, render_markdown, render_plain, render_prompt
-from annotate.store import Store, StoreError
+from prefloop.annotate import auth
+from prefloop.db.store import Store
+from prefloop.errors import LivePromptUnavailable, PrefloopError
+from prefloop.ui.render import (
+    highlight_css,
+    panel,
+    render_markdown,
+    render_plain,
+    render_prompt,
+)
 
 SIDES = ("left", "right", "tie", "both_bad")
 # (side, label, elem_id, key): the keyboard script clicks the button with this elem_id
@@ -50,10 +56,6 @@ POLL_SECONDS = 3  # how often an empty queue is re-checked; cheap (one count que
 MAX_BETTER_ANSWER_CHARS = 8_000
 MAX_COMMENT_CHARS = 2_000
 MAX_LIVE_PROMPT_CHARS = 4_000
-
-
-class LivePromptUnavailable(StoreError):
-    """Live prompts need annotate.sampler (and a model); the message says so."""
 
 
 @dataclass
@@ -80,7 +82,7 @@ def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[s
     """(session token or None, message). Wrong credentials never raise: they become a message."""
     try:
         token, user = auth.sign_in(store, name, password, client=client)
-    except StoreError as error:
+    except PrefloopError as error:
         return None, str(error)
     return token, f"Signed in as **{html.escape(user['name'])}** ({user['role']})."
 
@@ -122,7 +124,7 @@ def next_pair(store: Store, token: str | None, message: str = "", rng=None) -> S
 def side_to_choice(pair: dict, side: str) -> str:
     """A screen side ('left'/'right'/'tie'/'both_bad') -> the stored choice ('a'/'b'/...)."""
     if side not in SIDES:
-        raise StoreError(f"unknown vote {side!r}")
+        raise PrefloopError(f"unknown vote {side!r}")
     if side in ("tie", "both_bad"):
         return side
     left_is_a = pair["left_generation_id"] == pair["generation_a_id"]
@@ -150,7 +152,7 @@ def vote(
     choice = side_to_choice(pair, side)
     unknown = set(reasons or ()) - set(REASON_TAGS)
     if unknown:
-        raise StoreError(f"unknown reason tags: {', '.join(sorted(unknown))}")
+        raise PrefloopError(f"unknown reason tags: {', '.join(sorted(unknown))}")
     try:
         _, created = store.record_judgment(
             user["id"],
@@ -161,7 +163,7 @@ def vote(
             comment=(comment or "").strip()[:MAX_COMMENT_CHARS] or None,
             elapsed_ms=_elapsed_ms(pair),
         )
-    except StoreError as error:
+    except PrefloopError as error:
         screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
         screen.clear_inputs = True
         return screen
@@ -177,7 +179,7 @@ def vote(
 def _maybe_start_training(store: Store) -> None:
     """The optional automatic trigger (setting ``auto_train_every``); a vote never fails on it."""
     try:
-        from train.rounds import maybe_auto_train
+        from prefloop.train.rounds import maybe_auto_train
 
         maybe_auto_train(store)
     except Exception:  # noqa: BLE001 - logged, never shown: the vote itself succeeded
@@ -210,11 +212,11 @@ def live_prompt(
     user = auth.require_role(store, token, "annotator")
     prompt_text = (prompt_text or "").strip()
     if not prompt_text:
-        raise StoreError("type a prompt first")
+        raise PrefloopError("type a prompt first")
     if len(prompt_text) > MAX_LIVE_PROMPT_CHARS:
-        raise StoreError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
+        raise PrefloopError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
     try:
-        from annotate.sampler import stream_live_pair
+        from prefloop.annotate.sampler import stream_live_pair
     except ImportError as error:
         raise LivePromptUnavailable("live prompts are not available (no sampler installed)") from error
     prompt_html = render_prompt(prompt_text)
@@ -448,7 +450,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
         def run(*args):
             try:
                 return to_outputs(action(*args))
-            except StoreError as error:
+            except PrefloopError as error:
                 return [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
 
         return run
@@ -487,7 +489,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
         try:
             for screen in live_prompt(store, token, text):
                 yield to_outputs(screen)
-        except StoreError as error:
+        except PrefloopError as error:
             yield [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
 
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import click
-
-from annotate.store import Store, StoreError
+from prefloop.db.store import Store
+from prefloop.errors import PrefloopError
 
 
 def _log(message: str) -> None:
@@ -33,7 +33,7 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 
     Example: prefloop eval --json report.json --png plots/
     """
-    from evaluate.report import build_report
+    from prefloop.evaluate.report import build_report
 
     store = Store()
     report = build_report(store, bootstrap=bootstrap, seed=seed, compute_accuracy=accuracy, progress=_log)
@@ -79,14 +79,14 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
             Path(json_out).write_text(text)
             _log(f"wrote {json_out}")
     if png_dir:
-        from evaluate.plots import save_plots
+        from prefloop.evaluate.plots import save_plots
 
         for path in save_plots(report["versions"], png_dir, base=board["anchor"] or "v0"):
             _log(f"wrote {path}")
 
 
 @click.command("simulate")
-@click.option("--judge", default="evaluate.judges:concise", show_default=True, help="module:function judge(prompt, a, b)")
+@click.option("--judge", default="prefloop.evaluate.judges:concise", show_default=True, help="module:function judge(prompt, a, b)")
 @click.option("--rounds", default=3, show_default=True, help="training rounds")
 @click.option("--pairs-per-round", default=96, show_default=True, help="pairs sampled and judged per round")
 @click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True)
@@ -105,10 +105,10 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
                      epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
     """Run the loop unattended with a simulated judge: sample, vote, train, promote, battle v0.
 
-    Example: prefloop simulate --judge evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
+    Example: prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
     """
-    from evaluate.judges import load_judge
-    from evaluate.simulate import SimulationConfig, run_simulation
+    from prefloop.evaluate.judges import load_judge
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
     config = SimulationConfig(
         judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, method=method, noise=noise,
@@ -130,7 +130,7 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
                        f"  {ci:<16}{_fmt(r.get('mean_words'), '.1f'):>7}{r['seconds']:>8.0f}")
         click.echo(f"total {time.perf_counter() - started:.0f} s")
     if png_dir:
-        from evaluate.plots import save_plots, simulation_rows
+        from prefloop.evaluate.plots import save_plots, simulation_rows
 
         for path in save_plots(simulation_rows(result), png_dir):
             _log(f"wrote {path}")
@@ -160,15 +160,15 @@ def battles_create(version_a, version_b, n_prompts, split, seed):
 
     Example: prefloop battles create --a v1 --b v0 --prompts 50
     """
-    from annotate.sampler import sample_battle_pairs
+    from prefloop.annotate.sampler import sample_battle_pairs
 
     store = Store()
     for name in (version_a, version_b):
         store.require_version(name)
     if version_a == version_b:
-        raise StoreError("a battle needs two different versions")
+        raise PrefloopError("a battle needs two different versions")
     if n_prompts < 1:
-        raise StoreError("--prompts must be at least 1")
+        raise PrefloopError("--prompts must be at least 1")
     pair_ids = sample_battle_pairs(store, version_a, version_b, n_prompts=n_prompts, split=split, seed=seed)
     click.echo(f"queued {len(pair_ids)} battle pairs {version_a} vs {version_b} on {split} prompts")
 
