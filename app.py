@@ -1,67 +1,33 @@
-"""prefloop: the Gradio app (Annotate | Train | Evaluate | Demo) and the ``prefloop`` CLI.
+"""prefloop's Gradio app (Annotate | Train | Evaluate | Demo) and ``serve``, which launches it.
 
-    prefloop init                      # database, v0 from the bundled model, starter prompts
-    prefloop serve --port 7860         # the app; `python app.py` does the same
-    prefloop --help                    # every command, each with an example
+    python app.py --port 7860          # the same as `prefloop serve --port 7860`
 
-This module only wires things: the work lives in annotate/, train/ and evaluate/. Heavy imports
-(torch, gradio) happen inside commands so `prefloop --help` stays instant.
+This module only lays out tabs and starts the server beside the scheduler (queue filler,
+auto-training, reaping): handlers live in ui/, the work below them. Gradio is imported inside
+functions: it takes ~2-4 s to import, and `prefloop --help` (which registers ``serve``) must not pay it.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-from prefloop.errors import PrefloopError
 
+from prefloop.annotate import auth
+from prefloop.annotate.sampler import QueueFiller
+from prefloop.db.store import Store
+from prefloop.engine.models import share_cpu_cores
+from prefloop.service.scheduler import Scheduler
+from prefloop.service.setup import describe_initialisation, ensure_initialised
+from prefloop.ui import annotate as ui
+from prefloop.ui import evaluate as evaluate_tab
+from prefloop.ui import train as train_tab
 
-class PrefloopGroup(click.Group):
-    """Turns every expected failure (StoreError and subclasses) into one clear line, exit 1."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except PrefloopError as error:
-            raise click.ClickException(str(error)) from None
-
-
-@click.group(cls=PrefloopGroup)
-@click.version_option(package_name="prefloop")
-def cli() -> None:
-    """Close the human-feedback loop on a language model.
-
-    Data lives in $PREFLOOP_HOME (default ./prefloop-data).
-
-    Example: prefloop init && prefloop serve
-    """
-
-
-def _register_commands() -> None:
-    """Each package owns its commands; app.py only gathers them into one group."""
-    import importlib
-
-    for module_name in ("prefloop.cli.data", "prefloop.cli.models", "prefloop.cli.rounds", "prefloop.cli.evaluate"):
-        importlib.import_module(module_name).register(cli)
-
-
-_register_commands()
-
-
-# == serve and users (annotate/ui.py, annotate/auth.py) =====================================
-OPTIONAL_TABS = (  # (label, module, builder); each owner re-checks roles in its own handlers
-    ("Train", "prefloop.ui.train", "build_train_tab", "maintainer"),
-    ("Evaluate", "prefloop.ui.evaluate", "build_evaluate_tab", "maintainer"),
-    ("Demo", "prefloop.ui.evaluate", "build_demo_tab", "annotator"),
+OPTIONAL_TABS = (  # (label, builder, role); each tab re-checks roles in its own handlers
+    ("Train", train_tab.build_train_tab, "maintainer"),
+    ("Evaluate", evaluate_tab.build_evaluate_tab, "maintainer"),
+    ("Demo", evaluate_tab.build_demo_tab, "annotator"),
 )
-
-
-def _build_tab(store, token_state, module_name: str, builder_name: str) -> None:
-    """Each package builds its own tab; the app only places it."""
-    import importlib
-
-    getattr(importlib.import_module(module_name), builder_name)(store, token_state)
 
 
 def build_app(store):
@@ -70,8 +36,6 @@ def build_app(store):
     Example: build_app(Store()).launch(**prefloop.ui.annotate.launch_options())
     """
     import gradio as gr
-    from prefloop.annotate import auth
-    from prefloop.ui import annotate as ui
 
     # no telemetry: annotators' work stays on this machine, and offline deployments cannot reach it
     with gr.Blocks(title="prefloop", analytics_enabled=False) as demo:
@@ -91,9 +55,9 @@ def build_app(store):
                 with gr.Tab("Annotate", id="annotate"):
                     annotate = ui.build_annotate_tab(store, token_state)
                 tabs = {}
-                for label, module_name, builder_name, _ in OPTIONAL_TABS:
+                for label, builder, _ in OPTIONAL_TABS:
                     with gr.Tab(label, id=label.lower(), visible=False) as tabs[label.lower()]:
-                        _build_tab(store, token_state, module_name, builder_name)
+                        builder(store, token_state)
 
         shell = [signin_column, main_column, *tabs.values()]
 
@@ -139,7 +103,7 @@ def build_app(store):
     return demo
 
 
-@cli.command()
+@click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=7860, show_default=True, type=int, help="Port to listen on.")
 @click.option(
@@ -153,17 +117,14 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
 
     Example: prefloop serve --host 127.0.0.1 --port 7860
     """
-    from prefloop.cli.data import describe_initialisation, ensure_initialised
-    from prefloop.db.store import Store
-    from prefloop.ui import annotate as ui
 
     store = Store()
     for line in describe_initialisation(ensure_initialised(store, echo=click.echo)):
         click.echo(line)
+    scheduler = Scheduler(store)  # reaping and auto-training, off the vote path
+    scheduler.start()
     filler = None
     if not no_sampler:
-        from prefloop.annotate.sampler import QueueFiller
-        from prefloop.engine.models import share_cpu_cores
 
         share_cpu_cores()  # a training round's child process may run beside the sampler
         filler = QueueFiller(store)
@@ -181,99 +142,10 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
             server_name=host, server_port=port, show_error=False, **ui.launch_options()
         )
     finally:
+        scheduler.stop()
         if filler is not None:
             filler.stop()
 
 
-@cli.group()
-def users() -> None:
-    """Accounts that can sign in: annotators and maintainers.
-
-    Example: prefloop users add alice --role annotator
-    """
-
-
-@users.command("add")
-@click.argument("name")
-@click.option(
-    "--role", type=click.Choice(["annotator", "maintainer"]), default="annotator",
-    show_default=True, help="Maintainers can also train, evaluate and promote.",
-)
-@click.option(
-    "--password-env", metavar="VAR",
-    help="Read the password from this environment variable (for scripts); else you are asked.",
-)
-def users_add(name: str, role: str, password_env: str | None) -> None:
-    """Add a user. The password is asked twice (hidden) or read from --password-env.
-
-    Example: PF_PW=... prefloop users add alice --role annotator --password-env PF_PW
-    """
-    from prefloop.annotate import auth
-    from prefloop.db.store import Store
-
-    user_id = auth.create_user(Store(), name, _read_password(password_env), role)
-    click.echo(f"added {role} {name.strip()} (id {user_id})")
-
-
-@users.command("password")
-@click.argument("name")
-@click.option("--password-env", metavar="VAR", help="Read the new password from this environment variable.")
-def users_password(name: str, password_env: str | None) -> None:
-    """Set a new password for a user; their open sessions end.
-
-    Example: prefloop users password admin
-    """
-    from prefloop.annotate import auth
-    from prefloop.db.store import Store
-
-    auth.change_password(Store(), name, _read_password(password_env))
-    click.echo(f"password changed for {name.strip()}; their sessions were signed out")
-
-
-def _read_password(password_env: str | None) -> str:
-    """From the named environment variable, or asked twice (hidden); never echoed or logged."""
-    import os
-
-    if password_env:
-        password = os.environ.get(password_env)
-        if not password:
-            raise click.ClickException(f"environment variable {password_env} is not set or empty")
-        return password
-    if sys.stdin.isatty():
-        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    raise click.ClickException("no terminal to ask for a password: use --password-env VAR")
-
-
-@users.command("list")
-def users_list() -> None:
-    """List users with role, status and last sign-in.
-
-    Example: prefloop users list
-    """
-    from prefloop.db.store import Store
-
-    rows = Store().list_annotators()
-    if not rows:
-        click.echo("no users yet: prefloop users add NAME --role maintainer")
-        return
-    click.echo(f"{'name':<24} {'role':<11} {'status':<9} last sign-in")
-    for row in rows:
-        status = "active" if row["active"] else "disabled"
-        click.echo(f"{row['name']:<24} {row['role']:<11} {status:<9} {row['last_login_at'] or '-'}")
-
-
-@users.command("disable")
-@click.argument("name")
-def users_disable(name: str) -> None:
-    """Disable a user: their sessions end now and they cannot sign in; their votes are kept.
-
-    Example: prefloop users disable alice
-    """
-    from prefloop.db.store import Store
-
-    Store().set_annotator_active(name, False)
-    click.echo(f"disabled {name}")
-
-
 if __name__ == "__main__":
-    sys.exit(cli(["serve", *sys.argv[1:]]))
+    serve()

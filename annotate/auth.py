@@ -19,6 +19,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
 from prefloop.db.store import ROLES, Store
 from prefloop.errors import AuthError
 
@@ -46,7 +47,7 @@ def browser_secret(folder: Path) -> str:
             if secret:
                 return secret
             time.sleep(0.01)
-        raise AuthError(f"{path} is empty; delete it and start again (everyone signs in again)")
+        raise AuthError(f"{path} is empty; delete it and start again (everyone signs in again)") from None
     secret = secrets.token_urlsafe(32)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secret)

@@ -10,7 +10,7 @@ the seed that produced it, so any judgment can be replayed.
   version, so an annotator never waits; it follows promotions without a restart.
 - ``stream_live_pair``: an annotator types a prompt and watches both responses appear.
 
-Many prompts share one batched decode (train/generation.py), which is where the speed comes from.
+Many prompts share one batched decode (engine/generation.py), which is where the speed comes from.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ import threading
 from typing import Callable, Iterator
 
 from prefloop.db.store import Store
+from prefloop.engine.generation import (
+    SamplingParams,
+    generate,
+    sampling_dtype,
+    stream_batch,
+)
+from prefloop.engine.models import default_device, load_version
 from prefloop.errors import SamplerError
 
 log = logging.getLogger("prefloop.sampler")
@@ -63,7 +70,6 @@ def conversation(prompt: dict) -> list[dict]:
 
 
 def _params(store: Store, params):
-    from prefloop.engine.generation import SamplingParams
 
     if params is None:
         return SamplingParams.from_dict(store.get_setting("sampling"))
@@ -105,8 +111,6 @@ def _generation_row(version_id: int, generated, params, model) -> dict:
 def load_for_sampling(store: Store, name: str):
     """(model, tokenizer) of a version as the sampler runs it: cached, in ``sampling_dtype()``
     (bfloat16 on CPUs that compute it natively: about 2x the tokens/s of float32 there)."""
-    from prefloop.engine.generation import sampling_dtype
-    from prefloop.engine.models import default_device, load_version
 
     device = default_device()
     return load_version(store, name, device=device, dtype=sampling_dtype(device))
@@ -138,7 +142,6 @@ def sample_pairs(
     version. Returns the ids of the pairs stored; near-identical pairs are dropped (not stored).
     Pairs are stored after each batch, so an annotator can start before a long run ends.
     """
-    from prefloop.engine.generation import generate
 
     row = store.require_version(version)
     params = _params(store, params)
@@ -201,7 +204,6 @@ def sample_battle_pairs(
     Which version is generation "a" is randomised per pair (seeded), so position never tells an
     annotator which model wrote what. Identical responses are kept: they are honest ties.
     """
-    from prefloop.engine.generation import generate
 
     rows = [store.require_version(version_a), store.require_version(version_b)]
     if rows[0]["id"] == rows[1]["id"]:
@@ -255,7 +257,6 @@ def stream_live_pair(
     ``("__done__", pair_id)``. The prompt is stored with source "live", split "train"; nothing
     is stored if the generator is abandoned before the end.
     """
-    from prefloop.engine.generation import stream_batch
 
     text = (prompt_text or "").strip()
     if not text:

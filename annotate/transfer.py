@@ -25,10 +25,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from prefloop.annotate import auth
 from prefloop.db.store import CHOICES, PAIR_PURPOSES, SPLITS, Store, loads
 from prefloop.errors import PrefloopError, TransferError
 
@@ -185,7 +187,6 @@ def _json_line(path: Path, number: int, line: str) -> dict:
 
 def check_record(r: Any) -> dict:
     """Types, choices and limits of one record; raises _Invalid with the field's name."""
-    from prefloop.annotate import auth
 
     _require(r, "record", dict)
     prompt = _require(r.get("prompt"), "prompt", dict)
@@ -294,3 +295,26 @@ def _timestamp(value: Any, name: str) -> str:
     except ValueError:
         raise _Invalid(f"{name} is not an ISO timestamp: {value[:40]!r}") from None
     return value
+
+
+def backup_database(store: Store, out_file: str | Path) -> dict:
+    """Online copy (SQLite backup API, safe while the app writes), then integrity-checked."""
+    out = Path(out_file).expanduser()
+    if out.exists():
+        raise TransferError(f"{out} already exists; refusing to overwrite it (choose a new file name)")
+    if not out.parent.is_dir():
+        raise TransferError(f"folder {out.parent} does not exist; create it first")
+    try:
+        store.backup_to(out)
+    except (sqlite3.Error, OSError) as error:
+        out.unlink(missing_ok=True)
+        raise TransferError(f"cannot write the backup to {out}: {error}") from None
+    copy = Store(out, migrate=False)
+    try:
+        check = copy.integrity_check()
+        stats = copy.stats()
+    finally:
+        copy.close()
+    if check != "ok":
+        raise TransferError(f"the backup at {out} failed its integrity check: {check}")
+    return {"path": str(out), "bytes": out.stat().st_size, "integrity": check, **stats}

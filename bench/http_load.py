@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 API = "/gradio_api"
 SIDES = ("left", "right", "tie", "both_bad")
 ACK_PREFIX = "Recorded"
-WAITING_MARK = "pf-waiting"  # the waiting screen's prompt box (annotate/ui.py _waiting_screen)
-MESSAGE, PROMPT = 4, 1  # output positions in annotate/ui.py screen_outputs
+WAITING_MARK = "pf-waiting"  # the waiting screen's prompt box (ui/annotate.py _waiting_screen)
+MESSAGE, PROMPT = 4, 1  # output positions in ui/annotate.py screen_outputs
 
 
 class LoadError(Exception):
@@ -393,7 +393,7 @@ def prepare_home(
     """
     os.environ["PREFLOOP_HOME"] = str(home)
     env = {**os.environ, "PF_LOAD_PW": password, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    init = [sys.executable, "-c", "import sys; from app import cli; sys.exit(cli())", "init",
+    init = [sys.executable, "-c", "import sys; from prefloop.cli import cli; sys.exit(cli())", "init",
             "--admin-password-env", "PF_LOAD_PW"]
     if base_model:
         init += ["--base-model", str(base_model)]

@@ -112,6 +112,7 @@ def run_condition(store, user_id, params, trials: int, filler_params, mode: str,
 
 def main(argv: list[str] | None = None) -> None:
     import torch
+
     from prefloop.engine.generation import SamplingParams
     from prefloop.engine.models import share_cpu_cores
 

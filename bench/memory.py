@@ -4,7 +4,7 @@
     python bench/memory.py --queue-target 8 --dtypes default     # a quick check
     python bench/memory.py --home /tmp/pf-home --skip-first-start   # reuse an initialised home
 
-Starts the real app (``python -c 'import app; app.cli()' serve``, as the ``prefloop`` command
+Starts the real app (``python -c 'from prefloop.cli import cli; cli()' serve``, as the ``prefloop`` command
 does) in a temporary home, waits until its background sampler has filled the pair queue
 (``queue_target`` pairs, 160-token responses), opens the app's page over HTTP, and reads the
 app process's peak resident memory (VmHWM in /proc/PID/status; children are added if any).
@@ -92,7 +92,7 @@ def run_server(home: Path, name: str, dtype: str, queue_target: int, timeout_s: 
     if dtype != "default":
         env["PREFLOOP_SAMPLING_DTYPE"] = dtype
     log_path = home / f"serve-{name.replace(' ', '-')}.log"
-    command = [sys.executable, "-c", "import app; app.cli()", "serve", "--port", str(port)]
+    command = [sys.executable, "-c", "from prefloop.cli import cli; cli()", "serve", "--port", str(port)]
     started = time.perf_counter()
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

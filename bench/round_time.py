@@ -88,7 +88,7 @@ def prepare(data: Path, pairs: int, heldout: int, seed: int) -> dict:
     counts = {}
     for split, wanted, split_seed in (("train", pairs, seed + 1), ("heldout", heldout, seed + 2)):
         pair_ids = sample_pairs(store, "v0", n_prompts=wanted + max(4, wanted // 6), split=split, params=params,
-                                seed=split_seed, progress=lambda done, total, *_: print(f"  {split}: {done}/{total}", flush=True))
+                                seed=split_seed, progress=lambda done, total, *_, split=split: print(f"  {split}: {done}/{total}", flush=True))
         made = 0
         for pair_id in pair_ids:
             if made == wanted:

@@ -48,6 +48,7 @@ def open_v0(dtype=None):
 def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:
     """HF generate, one response at a time: what a naive sampler does."""
     import torch
+
     from prefloop.engine.generation import encode_conversation, stop_token_ids
 
     stops = sorted(stop_token_ids(model, tokenizer))
@@ -75,6 +76,7 @@ def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:
 def baseline_batched(model, tokenizer, conversations, params, batch_size: int) -> tuple[int, float]:
     """HF generate on left-padded batches: fast, but a row's text depends on its batch mates."""
     import torch
+
     from prefloop.engine.generation import encode_conversation, stop_token_ids
 
     stops = sorted(stop_token_ids(model, tokenizer))
@@ -152,6 +154,7 @@ def timed(run, *args) -> tuple[int, float, float]:
 def bf16_drift(model32, model16, tokenizer, conversations, n: int = 4) -> tuple[float, float]:
     """Mean KL(float32 || bfloat16) per token and top-1 agreement on float32 greedy replies."""
     import torch
+
     from prefloop.engine.generation import SamplingParams, encode_conversation, generate
 
     replies = generate(model32, tokenizer, conversations[:n], SamplingParams(temperature=0, max_new_tokens=48), [0] * n)
@@ -169,6 +172,7 @@ def bf16_drift(model32, model16, tokenizer, conversations, n: int = 4) -> tuple[
 
 def main(argv: list[str] | None = None) -> None:
     import torch
+
     from prefloop.engine.generation import SamplingParams
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,8 +9,14 @@ import time
 from pathlib import Path
 
 import click
+
+from prefloop.annotate.sampler import sample_battle_pairs
 from prefloop.db.store import Store
 from prefloop.errors import PrefloopError
+from prefloop.evaluate.judges import load_judge
+from prefloop.evaluate.plots import save_plots, simulation_rows
+from prefloop.evaluate.report import build_report
+from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
 
 def _log(message: str) -> None:
@@ -33,7 +39,6 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 
     Example: prefloop eval --json report.json --png plots/
     """
-    from prefloop.evaluate.report import build_report
 
     store = Store()
     report = build_report(store, bootstrap=bootstrap, seed=seed, compute_accuracy=accuracy, progress=_log)
@@ -79,7 +84,6 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
             Path(json_out).write_text(text)
             _log(f"wrote {json_out}")
     if png_dir:
-        from prefloop.evaluate.plots import save_plots
 
         for path in save_plots(report["versions"], png_dir, base=board["anchor"] or "v0"):
             _log(f"wrote {path}")
@@ -107,8 +111,6 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
 
     Example: prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
     """
-    from prefloop.evaluate.judges import load_judge
-    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
 
     config = SimulationConfig(
         judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, method=method, noise=noise,
@@ -130,7 +132,6 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
                        f"  {ci:<16}{_fmt(r.get('mean_words'), '.1f'):>7}{r['seconds']:>8.0f}")
         click.echo(f"total {time.perf_counter() - started:.0f} s")
     if png_dir:
-        from prefloop.evaluate.plots import save_plots, simulation_rows
 
         for path in save_plots(simulation_rows(result), png_dir):
             _log(f"wrote {path}")
@@ -160,7 +161,6 @@ def battles_create(version_a, version_b, n_prompts, split, seed):
 
     Example: prefloop battles create --a v1 --b v0 --prompts 50
     """
-    from prefloop.annotate.sampler import sample_battle_pairs
 
     store = Store()
     for name in (version_a, version_b):
@@ -171,9 +171,3 @@ def battles_create(version_a, version_b, n_prompts, split, seed):
         raise PrefloopError("--prompts must be at least 1")
     pair_ids = sample_battle_pairs(store, version_a, version_b, n_prompts=n_prompts, split=split, seed=seed)
     click.echo(f"queued {len(pair_ids)} battle pairs {version_a} vs {version_b} on {split} prompts")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(eval_command)
-    group.add_command(simulate_command)
-    group.add_command(battles_group)

@@ -7,7 +7,12 @@ Every command resolves names through the store first, so an unknown version fail
 from __future__ import annotations
 
 import click
+
+from prefloop.annotate.sampler import sample_pairs
 from prefloop.db.store import Store
+from prefloop.db.vocab import SPLITS
+from prefloop.engine.generation import SamplingParams
+from prefloop.engine.models import export_merged, promote, reject, rollback
 from prefloop.errors import SamplerError
 
 
@@ -67,7 +72,6 @@ def models_promote(name: str) -> None:
 
     Example: prefloop models promote v2
     """
-    from prefloop.engine.models import promote
 
     version = promote(_store(), name)
     click.echo(f"active version is now {_version_line(version)}")
@@ -80,7 +84,6 @@ def models_rollback(to: str | None) -> None:
 
     Example: prefloop models rollback --to v1
     """
-    from prefloop.engine.models import rollback
 
     version = rollback(_store(), to)
     click.echo(f"rolled back: active version is now {_version_line(version)}")
@@ -93,7 +96,6 @@ def models_reject(name: str) -> None:
 
     Example: prefloop models reject v3
     """
-    from prefloop.engine.models import reject
 
     version = reject(_store(), name)
     click.echo(f"rejected {_version_line(version)}")
@@ -109,7 +111,6 @@ def models_export(name: str, out_dir: str) -> None:
 
     Example: prefloop models export v2 ./exports/v2
     """
-    from prefloop.engine.models import export_merged
 
     store = _store()
     store.require_version(name)
@@ -124,7 +125,7 @@ def models_export(name: str, out_dir: str) -> None:
 @click.command("sample")
 @click.option("--version", "version", metavar="NAME", help="Version to sample from (default: the active one).")
 @click.option("--prompts", "n_prompts", type=click.IntRange(min=1), default=16, show_default=True, help="How many prompts (those with the fewest pairs from this version first).")
-@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True, help="Prompt split to draw from.")
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True, help="Prompt split to draw from.")
 @click.option("--temperature", type=float, help="Override the `sampling` setting's temperature (0 = greedy).")
 @click.option("--top-p", "top_p", type=float, help="Override the `sampling` setting's top_p.")
 @click.option("--max-new-tokens", "max_new_tokens", type=int, help="Override the `sampling` setting's max_new_tokens.")
@@ -146,8 +147,6 @@ def sample(
 
     Example: prefloop sample --prompts 32 --temperature 0.8 --seed 1
     """
-    from prefloop.annotate.sampler import sample_pairs
-    from prefloop.engine.generation import SamplingParams
     from tqdm import tqdm
 
     store = _store()
@@ -182,8 +181,3 @@ def sample(
         f"queued {len(pair_ids)} pair(s) from {row['name']}"
         + (f"; dropped {dropped} near-identical" if dropped else "")
     )
-
-
-def register(group: click.Group) -> None:
-    group.add_command(models_group)
-    group.add_command(sample)

@@ -9,8 +9,23 @@ from __future__ import annotations
 import json
 
 import click
+
+from prefloop.cli.options import dataclass_options
 from prefloop.db.store import Store
 from prefloop.errors import ConfigError, RoundError
+from prefloop.train.config import RoundConfig
+from prefloop.train.rounds import (
+    DIED_MESSAGE,
+    create_round,
+    is_dead,
+    promote_round,
+    reject_round,
+    round_dir,
+    round_rows,
+    run_round,
+    start_round,
+    wait_round,
+)
 
 
 def _store() -> Store:
@@ -21,20 +36,7 @@ def _store() -> Store:
 # prefloop train
 # --------------------------------------------------------------------------------------------
 @click.command("train")
-@click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True, help="preference loss")
-@click.option("--lr", "learning_rate", type=float, default=None, help="learning rate (default 5e-5)")
-@click.option("--epochs", type=float, default=None, help="passes over the round's rows (default 2)")
-@click.option("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-@click.option("--beta", type=float, default=None, help="DPO KL strength / ORPO odds-ratio weight (default 0.1)")
-@click.option("--lora-rank", type=int, default=None, help="LoRA rank (default 16)")
-@click.option("--lora-alpha", type=int, default=None, help="LoRA alpha (default 32)")
-@click.option("--batch-size", type=int, default=None, help="pairs per step (default 4)")
-@click.option("--max-length", type=int, default=None, help="tokens per prompt+response (default 512)")
-@click.option("--nll-weight", type=float, default=None, help="DPO: weight of an added NLL loss (default 0)")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
-              help="auto (default): bf16 where the hardware computes it natively, else fp32")
-@click.option("--min-new-pairs", type=int, default=None, help="override the readiness gate for this round")
-@click.option("--all-judgments", is_flag=True, help="train on every train judgment, not only new ones")
+@dataclass_options(RoundConfig, rename={"learning_rate": "lr"})
 @click.option("--config-json", default=None, help="any RoundConfig fields as JSON (options above win)")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow the round with a progress bar")
 @click.option("--in-process", is_flag=True, help="train in this process instead of a child (debugging)")
@@ -48,8 +50,6 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
 
     Example: prefloop train --method dpo --lr 5e-5 --epochs 2
     """
-    from prefloop.train.config import RoundConfig
-    from prefloop.train.rounds import create_round, run_round, start_round
 
     values = {}
     if config_json:
@@ -59,7 +59,7 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
             raise ConfigError(f"--config-json is not valid JSON: {error}") from error
         if not isinstance(values, dict):
             raise ConfigError('--config-json must be a JSON object, e.g. \'{"beta": 0.2}\'')
-    values.update({k: v for k, v in options.items() if v is not None and v is not False})
+    values.update({k: v for k, v in options.items() if v is not None})
     config = RoundConfig.from_dict(values).validate()
     store = _store()
     if create_only:
@@ -86,7 +86,6 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
 
 def follow_round(store: Store, round_id: int, timeout: float | None = None) -> dict:
     """Wait for a round with a tqdm bar fed from its stored progress."""
-    from prefloop.train.rounds import wait_round
     from tqdm import tqdm
 
     with tqdm(total=100, desc=f"round {round_id}", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}]") as bar:
@@ -114,7 +113,6 @@ def _echo_result(current: dict, version: str | None) -> None:
 
 
 def _log_path(round_id: int) -> str:
-    from prefloop.train.rounds import round_dir
 
     return str(round_dir(round_id) / "log.txt")
 
@@ -128,42 +126,6 @@ def rounds_group() -> None:
 
     Example: prefloop rounds list
     """
-
-
-def round_rows(store: Store) -> list[dict]:
-    """One summary dict per round (after reaping dead children): used by the CLI and the UI."""
-    from prefloop.train.rounds import reap_dead_rounds
-
-    reap_dead_rounds(store)
-    names = {v["id"]: v["name"] for v in store.list_versions()}
-    out = []
-    for r in store.list_rounds():
-        metrics = r["metrics"] or {}
-        config = r["config"] or {}
-        out.append(
-            {
-                "id": r["id"],
-                "method": r["method"],
-                "parent": names.get(r["parent_version_id"], "-"),
-                "version": names.get(r["new_version_id"], "-"),
-                "status": r["status"],
-                "progress": f"{100 * (r['progress'] or 0):.0f}%",
-                "pairs": r["dataset_size"] if r["dataset_size"] is not None else "-",
-                "lr": config.get("learning_rate"),
-                "beta": config.get("beta"),
-                "epochs": config.get("epochs"),
-                "lora_rank": config.get("lora_rank"),
-                "train_loss": _fmt(metrics.get("train_loss")),
-                "heldout_acc": _fmt(metrics.get("heldout_accuracy")),
-                "outcome": r["error"] or (metrics.get("gate") or {}).get("verdict") or "",
-                "created": (r["created_at"] or "")[:19].replace("T", " "),
-            }
-        )
-    return out
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 @rounds_group.command("list")
@@ -190,13 +152,13 @@ def rounds_show(round_id: int) -> None:
 
     Example: prefloop rounds show 3
     """
-    from prefloop.train.rounds import reap_dead_rounds, round_dir
 
     store = _store()
-    reap_dead_rounds(store)
     current = store.round(round_id)
     if current is None:
         raise RoundError(f"no round {round_id}")
+    if is_dead(current):  # shown as the scheduler will record it; a read never writes
+        current = {**current, "status": "failed", "error": DIED_MESSAGE}
     last: dict[str, float] = {}
     for row in store.round_metrics(round_id):
         last[row["name"]] = row["value"]
@@ -211,7 +173,6 @@ def rounds_promote(round_id: int) -> None:
 
     Example: prefloop rounds promote 3
     """
-    from prefloop.train.rounds import promote_round
 
     store = _store()
     done = promote_round(store, round_id)
@@ -225,7 +186,6 @@ def rounds_reject(round_id: int) -> None:
 
     Example: prefloop rounds reject 3
     """
-    from prefloop.train.rounds import reject_round
 
     store = _store()
     done = reject_round(store, round_id)
@@ -235,38 +195,3 @@ def rounds_reject(round_id: int) -> None:
 # --------------------------------------------------------------------------------------------
 # prefloop export
 # --------------------------------------------------------------------------------------------
-@click.command("export")
-@click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "hf"]), default="jsonl", show_default=True)
-@click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option("--plain", is_flag=True, help="plain strings instead of chat messages")
-@click.option("--what", type=click.Choice(["preferences", "judgments"]), default="preferences",
-              show_default=True, help="preferences: training rows; judgments: every vote with full "
-              "lineage, JSONL, read back by `prefloop import`")
-def export_command(out: str, fmt: str, split: str, plain: bool, what: str) -> None:
-    """Export preference rows (prompt / chosen / rejected + lineage) for training elsewhere.
-
-    `hf` writes a `datasets` folder (load it with `datasets.load_from_disk`). With
-    `--what judgments`, writes every judgment with its full lineage (a backup of the people's
-    work that `prefloop import` reads back without loss; --format/--split/--plain do not apply).
-
-    Example: prefloop export --format parquet prefs.parquet --split train
-    """
-    if what == "judgments":
-        from prefloop.annotate.transfer import export_judgments
-
-        if fmt != "jsonl":
-            raise click.UsageError("--what judgments writes JSONL only; drop --format")
-        path, count = export_judgments(_store(), out)
-        click.echo(f"wrote {count} judgments with lineage to {path}")
-        return
-    from prefloop.train.dataset import export_rows
-
-    path, count = export_rows(_store(), out, fmt=fmt, split=split, conversational=not plain)
-    click.echo(f"wrote {count} {split} rows to {path}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(train_command)
-    group.add_command(rounds_group)
-    group.add_command(export_command)

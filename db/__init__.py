@@ -1,1 +1,1 @@
-
+"""Ground layer: the SQLite store. Import ``Store`` from ``prefloop.db.store``."""

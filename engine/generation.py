@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from prefloop.engine import models
 from prefloop.errors import SamplingError
 
 
@@ -173,9 +174,8 @@ def sampling_dtype(device: str = "cpu"):
         return getattr(torch, chosen)
     if not device.startswith("cpu"):
         return None
-    from prefloop.engine.models import cpu_has_native_bf16
 
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if models.cpu_has_native_bf16() else torch.float32
 
 
 def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
@@ -364,7 +364,7 @@ class Decoding:
         cache = None
         # Grad mode is thread state: never yield inside inference_mode, or a consumer that stops
         # iterating early leaves the whole thread in inference mode (and training then fails).
-        for step in range(self.params.max_new_tokens):
+        for _step in range(self.params.max_new_tokens):
             with torch.inference_mode():
                 if cache is None:
                     logits, cache = self._prefill(input_ids, mask, positions)

@@ -12,6 +12,7 @@ Ties (equal rewards) count as disagreement.
 from __future__ import annotations
 
 from prefloop.db.store import Store
+from prefloop.engine import models
 
 MAX_LENGTH = 512  # same as the rounds' default: longer held-out answers are truncated, not dropped
 
@@ -26,7 +27,6 @@ def preference_accuracy(
     max_length: int = MAX_LENGTH,
 ) -> float | None:
     """Share of rows where the version's implicit reward prefers ``chosen``; None if undefined."""
-    from prefloop.engine import models
 
     if not rows:
         return None

@@ -303,12 +303,16 @@ def register_adapter_version(
 
 
 def promote(store: Store, name: str) -> dict:
-    """Make a version the one that serves pairs; train pairs of older versions leave the queue."""
-    version = store.require_version(name)
-    if version["status"] == "rejected":
-        raise ModelError(f"version {name!r} was rejected; it cannot be promoted")
-    store.set_active_version(name)
-    store.retire_open_pairs(except_version_id=version["id"])
+    """Make a version the one that serves pairs; train pairs of older versions leave the queue.
+
+    One transaction: nobody is ever served an old version's pair under the new pointer.
+    """
+    with store.write():
+        version = store.require_version(name)
+        if version["status"] == "rejected":
+            raise ModelError(f"version {name!r} was rejected; it cannot be promoted")
+        store.set_active_version(name)
+        store.retire_open_pairs(except_version_id=version["id"])
     return store.require_version(name)
 
 
@@ -334,8 +338,9 @@ def rollback(store: Store, to: str | None = None) -> dict:
         target = store.require_version(to)
     if target["id"] == active["id"]:
         raise ModelError(f"{target['name']} is already active")
-    store.update_version(active["id"], status="retired")
-    return promote(store, target["name"])
+    with store.write():  # retire + promote together: a failure leaves the old pointer as it was
+        store.update_version(active["id"], status="retired")
+        return promote(store, target["name"])
 
 
 def export_merged(store: Store, name: str, out_dir: str | Path) -> Path:

@@ -26,7 +26,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-OUTCOMES = ("a", "b", "tie", "both_bad")
+from prefloop.db.vocab import CHOICES
+
+OUTCOMES = CHOICES  # a battle outcome is a vote
 SCORE_A = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # share of the point that goes to A
 ELO_SCALE = 400.0 / math.log(10.0)  # natural-log strength -> Elo points
 ANCHOR_RATING = 1000.0

@@ -10,11 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 PLOT_FILES = {
     "win_rate": "win_rate_by_round.png",
     "heldout_accuracy": "heldout_accuracy_by_round.png",
@@ -23,7 +18,13 @@ PLOT_FILES = {
 
 
 def _figure(title: str, ylabel: str):
-    figure, axes = plt.subplots(figsize=(6, 3.6), dpi=110)
+    # matplotlib is imported here, not at the top: it costs ~0.6 s, which `prefloop --help` (the
+    # CLI imports this module) must not pay. A bare Figure keeps no global pyplot state, so the
+    # app's threads can draw at once and nothing needs closing.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.6), dpi=110)
+    axes = figure.subplots()
     axes.set_title(title)
     axes.set_xlabel("version")
     axes.set_ylabel(ylabel)
@@ -96,7 +97,6 @@ def save_plots(rows: list[dict], out_dir: str | Path, base: str = "v0") -> list[
     for name, figure in figures(rows, base=base).items():
         path = out / PLOT_FILES[name]
         figure.savefig(path)
-        plt.close(figure)
         written.append(path)
     return written
 

@@ -13,7 +13,9 @@ import math
 from typing import Any, Callable
 
 from prefloop.db.store import Store
+from prefloop.engine.heldout import preference_accuracy
 from prefloop.evaluate import agreement, arena, autostats
+from prefloop.train.dataset import build_preference_rows
 
 ACCURACY_KEYS = ("heldout_accuracy", "preference_accuracy", "heldout_preference_accuracy")
 
@@ -61,11 +63,6 @@ def version_rows(store: Store) -> list[dict]:
 
 def fill_heldout_accuracy(store: Store, rows: list[dict], progress: Callable[[str], None] | None = None) -> None:
     """Compute held-out preference accuracy where no round recorded it (loads each version)."""
-    try:
-        from prefloop.engine.heldout import preference_accuracy
-        from prefloop.train.dataset import build_preference_rows
-    except ImportError:
-        return
     missing = [r for r in rows if r["heldout_accuracy"] is None and r["parent"]]
     if not missing:
         return

@@ -22,7 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefloop.annotate.sampler import sample_battle_pairs, sample_pairs
 from prefloop.db.store import Store
+from prefloop.engine import models
+from prefloop.engine.generation import SamplingParams
 from prefloop.errors import PrefloopError
 from prefloop.evaluate import arena, autostats
 from prefloop.evaluate.judges import (
@@ -32,6 +35,8 @@ from prefloop.evaluate.judges import (
     load_judge,
     noisy,
 )
+from prefloop.train import rounds
+from prefloop.train.config import RoundConfig
 
 SIM_PASSWORD_HASH = "!simulated"  # not an argon2 hash: nobody can sign in as a simulated judge
 
@@ -126,7 +131,6 @@ def battles_of(store: Store, votes: list[dict]) -> list[arena.Battle]:
 
 def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int = 0):
     """The RoundConfig for one simulated round: simulation defaults plus CLI overrides."""
-    from prefloop.train.config import RoundConfig
 
     values = {k: getattr(config, k) if getattr(config, k) is not None else v
               for k, v in SIM_ROUND_DEFAULTS.items()}
@@ -138,7 +142,6 @@ def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int 
 
 
 def sampling_params(config: SimulationConfig):
-    from prefloop.engine.generation import SamplingParams
 
     values = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in SIM_SAMPLING.items()}
     return SamplingParams(**values)
@@ -151,7 +154,6 @@ def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent:
     (every answer empty, or all the same length to a length judge) does this. Stopping here keeps
     the rounds already measured, where raising would throw them away with the run.
     """
-    from prefloop.train import rounds
 
     if rounds.readiness(store, round_config(config, index))["have"] > 0:
         return None
@@ -165,7 +167,6 @@ def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent:
 
 def train_round(store: Store, config) -> dict:
     """Create a round row and run its body in this process (no child process, no waiting)."""
-    from prefloop.train import rounds
 
     round_id = rounds.create_round(store, config)
     rounds.run_round(store, round_id)
@@ -184,8 +185,6 @@ def run_simulation(
     progress: bool = True,
 ) -> dict:
     """Run ``config.rounds`` rounds; returns {"rounds": [...], ...} (the ``--json`` object)."""
-    from prefloop.annotate.sampler import sample_battle_pairs, sample_pairs
-    from prefloop.engine import models
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))

@@ -50,8 +50,9 @@ def store(home):
 @pytest.fixture(scope="session")
 def bundled_tokenizer_dir(tmp_path_factory) -> Path:
     """The bundled model's tokenizer, read once from its GGUF file."""
-    from prefloop.engine.models import bundled_gguf
     from transformers import AutoTokenizer
+
+    from prefloop.engine.models import bundled_gguf
 
     gguf = bundled_gguf()
     out = tmp_path_factory.mktemp("tokenizer")
@@ -81,3 +82,13 @@ def tiny_v0(store, tiny_model_dir):
 
     create_base_version(store, base_model=str(tiny_model_dir))
     return store
+
+
+def force_setting(store, key: str, value) -> None:
+    """Write a setting past the store's limits (tests only): e.g. an accuracy bar of 1.01 that
+    no candidate can reach, to keep a finished round waiting."""
+    import json
+
+    with store.write() as db:
+        db.execute("insert into settings (key, value) values (?, ?) "
+                   "on conflict(key) do update set value = excluded.value", [key, json.dumps(value)])

@@ -26,11 +26,11 @@ import uuid
 import httpx
 import pytest
 from click.testing import CliRunner
-from prefloop.annotate import auth
-from prefloop.ui import annotate as ui
 from test_backup_export import PASSWORDS, SECRETS, populate
 
 from bench.http_load import queue_messages
+from prefloop.annotate import auth
+from prefloop.ui import annotate as ui
 
 # what an annotator must never see: other people's names and words, and round configs
 FORBIDDEN_FOR_ANNOTATOR = (*SECRETS, "mallory", "boss")
@@ -283,7 +283,7 @@ def test_sixth_wrong_attempt_is_refused_even_with_the_right_password(store, key)
 
 def test_passwords_never_reach_logs_output_or_exports(store, tmp_path, caplog, capfd, monkeypatch):
     """users add, backup, both exports, import, and a real `prefloop serve` start-up plus a sign-in."""
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     caplog.set_level(logging.DEBUG)
     populate(store, pairs=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from prefloop.evaluate import arena
 
 TRUE = {"v0": 1000.0, "v1": 1100.0, "v2": 1250.0, "v3": 900.0}

@@ -13,8 +13,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
+
 from prefloop.annotate import auth, transfer
-from prefloop.cli.data import backup_database
+from prefloop.annotate.transfer import backup_database
 from prefloop.db.store import Store
 from prefloop.errors import ModelError
 
@@ -142,7 +143,7 @@ def test_backup_is_consistent_while_votes_are_written(store, tmp_path):
 def test_backup_command_refuses_bad_targets_and_leaks_no_password(store, tmp_path):
     populate(store, pairs=2)
     runner = CliRunner()
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     result = runner.invoke(cli, ["backup", str(tmp_path / "b.db")])
     assert result.exit_code == 0, result.output
@@ -158,7 +159,7 @@ def test_export_import_round_trip_is_lossless_and_idempotent(store, tmp_path, mo
     populate(store)
     first = tmp_path / "judgments.jsonl"
     runner = CliRunner()
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     result = runner.invoke(cli, ["export", str(first), "--what", "judgments"])
     assert result.exit_code == 0, result.output

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from prefloop.annotate import auth
 from prefloop.db.store import Store
 

@@ -9,12 +9,13 @@ import sqlite3
 import click
 import pytest
 from click.testing import CliRunner
+
 from prefloop.db.store import Store
 
 
 @pytest.fixture
 def run():
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     runner = CliRunner()
 
@@ -145,7 +146,7 @@ def test_init_password_from_env_and_no_starter(home, run, tiny_model_dir, monkey
 
 def test_init_asks_for_a_password_when_interactive(home, run, tiny_model_dir, monkeypatch):
     from prefloop.annotate import auth
-    from prefloop.cli import data as data_cli
+    from prefloop.cli import init as data_cli
 
     monkeypatch.setattr(data_cli, "_interactive", lambda: True)
     result = run("init", "--base-model", tiny_model_dir, "--no-starter", input="typed-secret-1\ntyped-secret-1\n")
@@ -173,7 +174,7 @@ def test_init_refusals_change_nothing(home, run, monkeypatch, env, args, fragmen
 
 
 def test_ensure_initialised_reports_what_it_did(store, tiny_model_dir):
-    from prefloop.cli.data import describe_initialisation, ensure_initialised
+    from prefloop.service.setup import describe_initialisation, ensure_initialised
 
     done = ensure_initialised(store, base_model=str(tiny_model_dir))
     assert done["version"]["created"] and done["prompts"]["added"] >= 200
@@ -262,7 +263,7 @@ def walk(command: click.Command, path: str = "prefloop"):
 
 
 def test_every_command_has_help_with_an_example():
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     commands = dict(walk(cli))
     assert {"prefloop prompts import", "prefloop settings set", "prefloop backup"} <= set(commands)
@@ -271,7 +272,7 @@ def test_every_command_has_help_with_an_example():
 
 
 def test_help_renders_for_every_command(run):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     for path, _ in walk(cli):
         result = run(*path.split()[1:], "--help")

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-from prefloop.db.store import Store
 
 from bench.http_load import (
     AppServer,
@@ -26,6 +25,7 @@ from bench.http_load import (
     run_load,
     vote_problems,
 )
+from prefloop.db.store import Store
 
 PASSWORD = "crash-test-password"
 SEED_ANNOTATOR = "seeder"

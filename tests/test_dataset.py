@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from prefloop.annotate import auth
 from prefloop.db.store import Store
 from prefloop.errors import PrefloopError
@@ -162,8 +163,9 @@ def test_snapshot_round_trip(store, tmp_path):
 def test_trl_accepts_rows_with_lineage(store, tiny_v0):
     """DPOTrainer tokenises conversational rows and drops the extra lineage columns itself."""
     from datasets import Dataset
-    from prefloop.train.dataset import build_preference_rows
     from trl.data_utils import is_conversational
+
+    from prefloop.train.dataset import build_preference_rows
 
     add_judged_pairs(store, 2)
     rows = build_preference_rows(store)
@@ -175,6 +177,7 @@ def test_trl_accepts_rows_with_lineage(store, tiny_v0):
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
 def test_exports(store, tmp_path, fmt):
     from datasets import Dataset, load_from_disk
+
     from prefloop.train.dataset import export_rows
 
     add_judged_pairs(store, 3)

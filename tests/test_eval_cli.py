@@ -7,7 +7,8 @@ import random
 
 import pytest
 from click.testing import CliRunner
-from prefloop.app import cli
+
+from prefloop.cli import cli
 from prefloop.errors import AuthError, PrefloopError
 
 
@@ -82,6 +83,7 @@ def test_battles_create_queues_blind_pairs(tiny_v0):
 def _fake_v1(store):
     """A v1 adapter (a fresh, untrained LoRA) so two versions exist without a training round."""
     from peft import LoraConfig, get_peft_model
+
     from prefloop.engine import models
 
     model, _ = models.load_fresh(store, "v0")
@@ -174,6 +176,7 @@ def test_demo_compare_streams_both_sides(tiny_v0):
 
 def test_tabs_build_inside_blocks(store):
     import gradio as gr
+
     from prefloop.ui import evaluate as ui
 
     with gr.Blocks():

@@ -1,8 +1,9 @@
-"""train/generation.py on the tiny random model: seeds, batching, counts, streaming."""
+"""engine/generation.py on the tiny random model: seeds, batching, counts, streaming."""
 
 from __future__ import annotations
 
 import pytest
+
 from prefloop.engine import generation, models
 from prefloop.engine.generation import (
     SamplingParams,

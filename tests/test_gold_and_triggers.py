@@ -6,10 +6,11 @@ import random
 
 import pytest
 from click.testing import CliRunner
-from prefloop.app import cli
+from test_ui_handlers import make_pairs, signed_in
+
+from prefloop.cli import cli
 from prefloop.errors import PrefloopError
 from prefloop.ui import annotate as ui
-from test_ui_handlers import make_pairs, signed_in
 
 
 def test_gold_pair_is_served_at_gold_rate_and_scored(tiny_v0):
@@ -42,26 +43,32 @@ def test_gold_refusals_change_nothing(tiny_v0):
     assert tiny_v0.scalar("select count(*) from pairs") == before
 
 
-def test_a_new_vote_fires_the_auto_train_trigger_once(tiny_v0, monkeypatch):
-    import prefloop.train.rounds
+def test_a_vote_only_records_and_serves_never_starts_a_round(tiny_v0, monkeypatch):
+    """The vote path records the vote and serves the next pair; training starts on the scheduler."""
+    from prefloop.service import scheduler
 
-    calls = []
-    monkeypatch.setattr(prefloop.train.rounds, "maybe_auto_train", lambda store: calls.append(store))
+    started = []
+    monkeypatch.setattr(scheduler, "start_round", lambda store, config: started.append(config) or 99)
+    tiny_v0.set_setting("auto_train_every", 1)
     make_pairs(tiny_v0, 1)
     token = signed_in(tiny_v0, "alice")
     screen = ui.next_pair(tiny_v0, token)
     ui.vote(tiny_v0, token, screen.pair, "left")
-    ui.vote(tiny_v0, token, screen.pair, "left")  # double click: no new vote, no new trigger
-    assert len(calls) == 1
+    ui.vote(tiny_v0, token, screen.pair, "left")  # double click: no new vote
+    assert started == [] and tiny_v0.list_rounds() == []
+    assert scheduler.tick(tiny_v0)["started"] == 99  # the scheduler's next tick starts it, once
+    assert len(started) == 1
 
 
-def test_trigger_failure_never_fails_the_vote(tiny_v0, monkeypatch):
-    import prefloop.train.rounds
+def test_a_failing_trigger_never_stops_the_scheduler(tiny_v0, monkeypatch):
+    from prefloop.service import scheduler
 
     def broken(store):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(prefloop.train.rounds, "maybe_auto_train", broken)
+    monkeypatch.setattr(scheduler, "maybe_auto_train", broken)
+    done = scheduler.tick(tiny_v0)
+    assert done == {"reaped": [], "started": None}
     make_pairs(tiny_v0, 1)
     token = signed_in(tiny_v0, "alice")
     screen = ui.next_pair(tiny_v0, token)

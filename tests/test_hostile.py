@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
+
 from prefloop.annotate import auth
 from prefloop.ui import annotate as ui
 from prefloop.ui.render import render_markdown, render_plain, render_prompt
@@ -126,7 +127,7 @@ def seed(store) -> None:
 
 @pytest.mark.parametrize("name,files,argv,expected", REFUSED, ids=[c[0] for c in REFUSED])
 def test_refused_with_a_clear_message_and_nothing_changed(store, tmp_path, name, files, argv, expected):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     seed(store)
     for relative, content in files.items():
@@ -156,7 +157,7 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("name,filename,content,stored", ACCEPTED, ids=[c[0] for c in ACCEPTED])
 def test_odd_but_valid_files_import_as_plain_data(store, tmp_path, name, filename, content, stored):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     seed(store)
     (tmp_path / filename).write_bytes(content)

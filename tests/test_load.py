@@ -14,10 +14,10 @@ import threading
 import time
 
 import pytest
-from prefloop.db.store import Store
-from prefloop.errors import RoundError
 
 from bench.http_load import AppServer, prepare_home, run_load, vote_problems
+from prefloop.db.store import Store
+from prefloop.errors import RoundError
 
 PASSWORD = "load-test-password"
 

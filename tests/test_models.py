@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 from click.testing import CliRunner
-from prefloop.app import cli
+
+from prefloop.cli import cli
 from prefloop.engine import models
 
 
@@ -92,6 +93,24 @@ def test_promote_rollback_and_reject_from_the_cli(tiny_v0):
 
     result = run("models", "rollback")
     assert result.exit_code == 1 and "base version" in result.output
+
+
+def test_promote_is_one_transaction(tiny_v0):
+    """Pointer and retired pairs move together: if retiring fails, v0 stays active, pairs stay open."""
+    store = tiny_v0
+    add_random_adapter(store, "v0", seed=3)
+    store.add_pair(store.add_prompts([{"text": "hi"}]) and 1, {"version_id": 1, "text": "a", "seed": 1},
+                   {"version_id": 1, "text": "b", "seed": 2})
+    before = store.table_dump()
+
+    def boom(**_):
+        store.db.execute("update pairs set status = 'retired'")  # part of the work, then a failure
+        raise RuntimeError("disk full")
+
+    store.retire_open_pairs = boom
+    with pytest.raises(RuntimeError):
+        models.promote(store, "v1")
+    assert store.table_dump() == before and store.active_version()["name"] == "v0"
 
 
 def test_unknown_version_is_one_clear_line_and_changes_nothing(tiny_v0):

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+
 from prefloop.annotate.prompts import (
     MAX_PROMPT_CHARS,
     STARTER_PROMPTS,

@@ -8,9 +8,11 @@ import time
 
 import pytest
 import torch
-from prefloop.errors import ConfigError, PrefloopError
+from conftest import force_setting
 from safetensors.torch import load_file
 from test_dataset import add_judged_pairs
+
+from prefloop.errors import ConfigError, PrefloopError
 
 FAST = dict(max_steps=3, batch_size=2, gradient_accumulation=1, max_length=96, max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3)
 
@@ -36,7 +38,7 @@ def new_round(store, **overrides) -> int:
 
 
 def state_of(store):
-    return store.get_setting("active_version"), [v["name"] for v in store.list_versions()]
+    return store.active_version()["name"], [v["name"] for v in store.list_versions()]
 
 
 def base_weights(store, name="v0"):
@@ -86,11 +88,11 @@ def test_gate_promotes_or_waits(tiny_v0):
     from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
-    store.set_setting("promotion_min_accuracy", 1.01)  # impossible: the candidate must wait
+    force_setting(store, "promotion_min_accuracy", 1.01)  # impossible: the candidate must wait
     round_id = new_round(store)
     run_round(store, round_id)
     done = store.round(round_id)
-    assert done["status"] == "trained" and store.get_setting("active_version") == "v0"
+    assert done["status"] == "trained" and store.active_version()["name"] == "v0"
     assert store.require_version("v1")["status"] == "candidate"
     assert "awaiting a maintainer" in done["metrics"]["gate"]["verdict"]
     # the public accuracy on the merged version agrees with the one measured on the adapter
@@ -107,7 +109,7 @@ def test_no_heldout_judgments_follow_the_setting(tiny_v0):
     run_round(store, round_id)
     done = store.round(round_id)
     assert done["metrics"]["heldout_note"] == "no held-out judgments"
-    assert done["status"] == "trained" and store.get_setting("active_version") == "v0"
+    assert done["status"] == "trained" and store.active_version()["name"] == "v0"
     # with the gate off (0) the next round promotes; it learns only from judgments after v1's
     store.set_setting("promotion_min_accuracy", 0.0)
     from prefloop.engine import models
@@ -116,7 +118,7 @@ def test_no_heldout_judgments_follow_the_setting(tiny_v0):
     add_judged_pairs(store, 2, tag="more")
     second = new_round(store)
     result = run_round(store, second)
-    assert result["status"] == "promoted" and store.get_setting("active_version") == "v2"
+    assert result["status"] == "promoted" and store.active_version()["name"] == "v2"
     assert store.round(second)["dataset_size"] == 2
     assert store.require_version("v2")["card"]["parent"] == "v1"
 
@@ -143,6 +145,7 @@ def test_refusals_change_nothing(tiny_v0):
 
 def test_crash_marks_failed_and_next_round_works(tiny_v0, monkeypatch):
     import trl
+
     from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0)
@@ -217,16 +220,16 @@ def test_one_round_at_a_time(tiny_v0):
 
 
 def test_auto_train_starts_after_enough_judgments(tiny_v0, monkeypatch):
-    from prefloop.train import rounds
+    from prefloop.service import scheduler
 
     store = ready_store(tiny_v0, heldout=0)
     started = []
-    monkeypatch.setattr(rounds, "start_round", lambda s, c: started.append(c) or 99)
-    assert rounds.maybe_auto_train(store) is None  # off by default
+    monkeypatch.setattr(scheduler, "start_round", lambda s, c: started.append(c) or 99)
+    assert scheduler.maybe_auto_train(store) is None  # off by default
     store.set_setting("auto_train_every", 5)
-    assert rounds.maybe_auto_train(store) == 99
+    assert scheduler.maybe_auto_train(store) == 99
     store.set_setting("auto_train_every", 50)
-    assert rounds.maybe_auto_train(store) is None
+    assert scheduler.maybe_auto_train(store) is None
 
 
 def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, capsys):
@@ -248,6 +251,7 @@ def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, cap
 def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
     """prefloop precomputes the parent's log-probs in one pass; TRL's default redoes them every step."""
     import trl.trainer.dpo_trainer as dpo_trainer
+
     from prefloop.train import rounds
 
     calls = []
@@ -326,8 +330,9 @@ def test_precision_is_validated():
 
 def test_sequence_logps_sorted_batches_keep_the_callers_order(tiny_model_dir):
     """Held-out scoring batches rows by length; each row's log-prob must not depend on its batch."""
-    from prefloop.engine.heldout import sequence_logps
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefloop.engine.heldout import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -343,9 +348,10 @@ def test_sequence_logps_sorted_batches_keep_the_callers_order(tiny_model_dir):
 def test_lm_head_on_completions_only_gives_the_same_log_probs(tiny_model_dir):
     """The CPU shortcut (score only labelled positions) changes the cost, not the numbers or gradients."""
     import trl.trainer.utils as trl_utils
-    from prefloop.train.rounds import _completion_tokens_only
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
+
+    from prefloop.train.rounds import _completion_tokens_only
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from prefloop.annotate import sampler
 from prefloop.annotate.sampler import (
     QueueFiller,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from prefloop.errors import JudgeError, PrefloopError
 from prefloop.evaluate import judges
-
 from tests.sim_judges import always_tie, decisive
 
 LIST = "Here you go:\n- first\n- second\n- third"

@@ -4,6 +4,7 @@
 from prefloop.db.store import Store
 
 EXPECTED_SCHEMA = {
+    "active_version": {"id": int, "version_id": int, "changed_at": str},
     "annotators": {"id": int, "name": str, "role": str, "password_hash": str, "active": int,
                    "created_at": str, "last_login_at": str},
     "assignments": {"id": int, "pair_id": int, "annotator_id": int, "left_generation_id": int,
@@ -54,4 +55,36 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 1
+    assert again.scalar("select count(*) from _sqlite_migrations") == 2
+
+
+def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):
+    """m002 moves an existing home's active_version setting into its own one-row table."""
+    import sqlite_utils
+
+    from prefloop.db.migrations import m001_initial, m002_active_version_pointer
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    m001_initial(db)
+    db.execute("insert into model_versions (name, kind, path, status, card, created_at) "
+               "values ('v0', 'base', '', 'ready', '{}', 'now'), ('v1', 'lora', '', 'ready', '{}', 'now')")
+    db.execute("insert into settings (key, value) values ('active_version', '\"v1\"')")
+    m002_active_version_pointer(db)
+    assert db.execute("select version_id from active_version").fetchall() == [(2,)]
+    assert db.execute("select count(*) from settings where key = 'active_version'").fetchone() == (0,)
+
+
+def test_settings_are_checked_by_the_store_whoever_writes(store):
+    """No path (CLI, app, a script) can store a value the settings' limits refuse."""
+    import math
+
+    import pytest
+
+    from prefloop.errors import StoreError
+
+    for key, value in [("queue_target", -1), ("gold_rate", math.nan), ("judgments_per_pair", 1.5),
+                       ("active_version", "v9"), ("nope", 1)]:
+        with pytest.raises(StoreError):
+            store.set_setting(key, value)
+    store.set_setting("queue_target", 8)
+    assert store.get_setting("queue_target") == 8

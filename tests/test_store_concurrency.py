@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from prefloop.annotate import auth
 from prefloop.db.store import Store
 from prefloop.errors import PrefloopError
@@ -55,7 +56,7 @@ import os, subprocess, sys, time
 start_at, writes = float(sys.argv[1]), int(sys.argv[2])
 time.sleep(max(0.0, start_at - time.time()))
 for value in range(writes):
-    subprocess.run([sys.executable, "-c", "import sys; from app import cli; sys.exit(cli())",
+    subprocess.run([sys.executable, "-c", "import sys; from prefloop.cli import cli; sys.exit(cli())",
                     "settings", "set", "queue_target", str(100 + value)], check=True)
 """
 
@@ -63,7 +64,7 @@ IMPORT_CLI = """
 import subprocess, sys, time
 path, start_at = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start_at - time.time()))
-subprocess.run([sys.executable, "-c", "import sys; from app import cli; sys.exit(cli())",
+subprocess.run([sys.executable, "-c", "import sys; from prefloop.cli import cli; sys.exit(cli())",
                 "prompts", "import", path, "--source", "concurrent"], check=True)
 """
 
@@ -138,7 +139,7 @@ def _hold_write_lock(store: Store, seconds: float) -> subprocess.Popen:
 @pytest.fixture
 def impatient_store(store, monkeypatch):
     """A second Store on the same file whose busy timeout is 0.1 s, so the budget is seconds."""
-    import prefloop.db.store as store_module
+    import prefloop.db.connection as store_module
 
     store.set_setting("queue_target", 7)
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
@@ -183,11 +184,11 @@ def test_threads_of_one_process_queue_without_meeting_sqlite_busy(store, home, m
     import sqlite3
     import threading
 
-    import prefloop.db.store as store_module
+    import prefloop.db.connection as store_module
 
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 0)
     collisions = []
-    original = store_module._retry_locked
+    original = store_module.retry_locked
 
     def counting(action, *args, **kwargs):
         def counted():
@@ -198,7 +199,7 @@ def test_threads_of_one_process_queue_without_meeting_sqlite_busy(store, home, m
                 raise
         return original(counted, *args, **kwargs)
 
-    monkeypatch.setattr(store_module, "_retry_locked", counting)
+    monkeypatch.setattr(store_module, "retry_locked", counting)
     annotators, round_id = _prepared(store, 30)
     shared = Store(store.path)
 

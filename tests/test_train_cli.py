@@ -6,10 +6,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from prefloop.annotate import auth
-from prefloop.app import cli
+from conftest import force_setting
 from test_dataset import PASSWORD, add_judged_pairs, annotator
 from test_rounds import FAST
+
+from prefloop.annotate import auth
+from prefloop.cli import cli
 
 
 def invoke(*args):
@@ -29,7 +31,7 @@ def test_commands_have_help_with_examples():
 
 def test_train_in_process_then_rounds_commands(tiny_v0):
     store = tiny_v0
-    store.set_setting("promotion_min_accuracy", 1.01)  # keep the candidate waiting
+    force_setting(store, "promotion_min_accuracy", 1.01)  # keep the candidate waiting
     add_judged_pairs(store, 4)
     add_judged_pairs(store, 2, split="heldout", tag="h")
     result = invoke("train", "--in-process", "--min-new-pairs", "1", "--config-json", fast_json())
@@ -42,7 +44,7 @@ def test_train_in_process_then_rounds_commands(tiny_v0):
     assert shown["dataset_size"] == 4 and "loss" in shown["last_logged"]
 
     assert "v1 is now active" in invoke("rounds", "promote", "1").output
-    assert store.get_setting("active_version") == "v1"
+    assert store.active_version()["name"] == "v1"
     refused = CliRunner().invoke(cli, ["rounds", "reject", "1"])
     assert refused.exit_code == 1 and "roll back before rejecting" in refused.output
     missing = CliRunner().invoke(cli, ["rounds", "show", "9"])
@@ -118,7 +120,7 @@ def test_ui_handlers_run_the_loop(tiny_v0):
 
     store = tiny_v0
     boss, _ = tokens(store)
-    store.set_setting("promotion_min_accuracy", 1.01)
+    force_setting(store, "promotion_min_accuracy", 1.01)
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4)
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 50.0, 1, 0.1, 4, 0)
     assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
@@ -142,6 +144,7 @@ def test_ui_handlers_run_the_loop(tiny_v0):
 
 def test_train_tab_builds(tiny_v0):
     import gradio as gr
+
     from prefloop.ui.train import build_train_tab
 
     with gr.Blocks():

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
+
 from prefloop.annotate import auth
 from prefloop.errors import PrefloopError
 from prefloop.ui import annotate as ui
@@ -289,7 +290,7 @@ def test_huge_output_is_truncated_with_a_note():
 
 # -- commands -------------------------------------------------------------------------------------
 def test_users_commands(store, monkeypatch):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     runner = CliRunner()
     monkeypatch.setenv("PF_TEST_PW", "hunter2-hunter2")

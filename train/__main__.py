@@ -21,7 +21,11 @@ import json
 import os
 import sys
 
+from prefloop.db.store import Store
+from prefloop.engine.models import share_cpu_cores
 from prefloop.errors import ConfigError, PrefloopError
+from prefloop.train.config import RoundConfig
+from prefloop.train.rounds import create_round, is_main_process, run_round
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,10 +38,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from prefloop.db.store import Store
-    from prefloop.engine.models import share_cpu_cores
-    from prefloop.train.config import RoundConfig
-    from prefloop.train.rounds import create_round, is_main_process, run_round
 
     share_cpu_cores()  # the app's sampler keeps running beside this round
     store = Store()

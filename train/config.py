@@ -40,7 +40,8 @@ def _same_kind(default: Any, value: Any) -> bool:
 class RoundConfig:
     method: str = field(
         default="dpo",
-        metadata={"help": "dpo (reference = parent version) or orpo (reference-free, NLL built in)"},
+        metadata={"help": "dpo (reference = parent version) or orpo (reference-free, NLL built in)",
+                  "choices": METHODS},
     )
     learning_rate: float = field(
         default=5e-5,  # LoRA wants 10-100x the full fine-tuning rate; 5e-5 moves rank 16 without blowing up
@@ -95,7 +96,8 @@ class RoundConfig:
         default="auto",  # bf16 matmuls measured 4.7x faster than fp32 on an AVX512-BF16 CPU (README, round time)
         metadata={
             "help": "auto: bf16 mixed precision where the hardware computes bf16 natively (a CUDA GPU with bf16, "
-            "a CPU with AVX512-BF16 or AMX), else fp32; fp32 or bf16 to force one"
+            "a CPU with AVX512-BF16 or AMX), else fp32; fp32 or bf16 to force one",
+            "choices": PRECISIONS,
         },
     )
     gradient_checkpointing: bool = field(
@@ -151,7 +153,7 @@ class RoundConfig:
         need(
             not self.full_finetune,
             "full fine-tuning is not supported yet: versions are LoRA adapters on their parent "
-            "(a full checkpoint would need a 'merged' version kind in train/models.py); "
+            "(a full checkpoint would need a 'merged' version kind in engine/models.py); "
             "raise lora_rank instead",
         )
         need(

@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Callable
 
 from prefloop.db.store import Store, now, prefloop_home
+from prefloop.engine import models
+from prefloop.engine.heldout import reward_margins
+from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.errors import PrefloopError, RoundError
 from prefloop.train.config import RoundConfig
 from prefloop.train.dataset import (
@@ -141,26 +144,6 @@ def start_round(store: Store, config: RoundConfig) -> int:
     return round_id
 
 
-def maybe_auto_train(store: Store) -> int | None:
-    """Start a round when ``auto_train_every`` > 0 judgments arrived since the last round began.
-
-    Called by the app after each vote; never raises (a vote must not fail because of training).
-    """
-    try:
-        every = int(store.get_setting("auto_train_every") or 0)
-        if every <= 0:
-            return None
-        rounds = store.list_rounds()
-        if any(r["status"] in ACTIVE_STATUSES for r in rounds):
-            return None
-        watermark = int(rounds[-1]["metrics"].get("judgment_watermark", 0)) if rounds else 0
-        if store.count_judgments_since(watermark) < every:
-            return None
-        return start_round(store, RoundConfig())
-    except PrefloopError:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # dead children
 # --------------------------------------------------------------------------------------------
@@ -168,15 +151,7 @@ def reap_dead_rounds(store: Store) -> list[int]:
     """Mark pending/running rounds whose process is gone (or silent too long) as failed."""
     reaped = []
     for r in store.list_rounds():
-        if r["status"] not in ACTIVE_STATUSES:
-            continue
-        last_sign = r.get("heartbeat_at") or r.get("started_at") or r["created_at"]
-        stale = _age_s(last_sign) > STALE_AFTER_S
-        if r["pid"] is None:
-            dead = stale  # created but never spawned (the spawner itself died)
-        else:
-            dead = not _pid_alive(r["pid"]) or stale
-        if not dead:
+        if not is_dead(r):
             continue
         store.update_round(r["id"], status="failed", error=DIED_MESSAGE, finished_at=now())
         _withdraw_versions_of(store, r["id"])
@@ -184,9 +159,55 @@ def reap_dead_rounds(store: Store) -> list[int]:
     return reaped
 
 
+def is_dead(r: dict) -> bool:
+    """A pending/running round whose process is gone or has been silent too long (reads only)."""
+    if r["status"] not in ACTIVE_STATUSES:
+        return False
+    last_sign = r.get("heartbeat_at") or r.get("started_at") or r["created_at"]
+    stale = _age_s(last_sign) > STALE_AFTER_S
+    if r["pid"] is None:
+        return stale  # created but never spawned (the spawner itself died)
+    return not _pid_alive(r["pid"]) or stale
+
+
+def round_rows(store: Store) -> list[dict]:
+    """One summary dict per round, for the CLI and the Train tab. Reads only: a round whose
+    process died shows as failed here; the scheduler (or the next round) records that."""
+    names = {v["id"]: v["name"] for v in store.list_versions()}
+    out = []
+    for r in store.list_rounds():
+        metrics = r["metrics"] or {}
+        config = r["config"] or {}
+        dead = is_dead(r)
+        out.append(
+            {
+                "id": r["id"],
+                "method": r["method"],
+                "parent": names.get(r["parent_version_id"], "-"),
+                "version": names.get(r["new_version_id"], "-"),
+                "status": "failed" if dead else r["status"],
+                "progress": f"{100 * (r['progress'] or 0):.0f}%",
+                "pairs": r["dataset_size"] if r["dataset_size"] is not None else "-",
+                "lr": config.get("learning_rate"),
+                "beta": config.get("beta"),
+                "epochs": config.get("epochs"),
+                "lora_rank": config.get("lora_rank"),
+                "train_loss": _fmt(metrics.get("train_loss")),
+                "heldout_acc": _fmt(metrics.get("heldout_accuracy")),
+                "outcome": (DIED_MESSAGE if dead else r["error"])
+                or (metrics.get("gate") or {}).get("verdict") or "",
+                "created": (r["created_at"] or "")[:19].replace("T", " "),
+            }
+        )
+    return out
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _withdraw_versions_of(store: Store, round_id: int) -> None:
     """A version registered by a round that then died is not trusted: mark it rejected."""
-    from prefloop.engine import models
 
     active = store.active_version()
     for version in store.list_versions():
@@ -325,7 +346,6 @@ class _Heartbeat:
 
 def _train(store: Store, current: dict, config: RoundConfig, main: bool, settings) -> dict:
     import torch
-    from prefloop.engine import models
 
     clock = _PhaseClock()
     round_id = current["id"]
@@ -547,7 +567,6 @@ def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
     """Whether the round trains under bf16 autocast (see RoundConfig.precision)."""
     if config.precision != "auto":
         return config.precision == "bf16"
-    from prefloop.engine.models import cpu_has_native_bf16
 
     return _gpu_bf16() if on_gpu else cpu_has_native_bf16()
 
@@ -583,7 +602,6 @@ def _progress_callback(store: Store, round_id: int):
 
 def _adapter_accuracy(peft_model, tokenizer, rows: list[dict], max_length: int) -> float:
     """Held-out accuracy of the trained adapter against its parent (the adapter switched off)."""
-    from prefloop.engine.heldout import reward_margins
 
     policy = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
     with peft_model.disable_adapter():
@@ -632,14 +650,12 @@ def _last_values(metric_rows: list[dict]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 def promote_round(store: Store, round_id: int) -> dict:
     """A maintainer makes the round's candidate the active version."""
-    from prefloop.engine import models
 
     return _decide(store, round_id, models.promote, "promoted")
 
 
 def reject_round(store: Store, round_id: int) -> dict:
     """A maintainer rejects the round's candidate: kept on disk, never promoted."""
-    from prefloop.engine import models
 
     return _decide(store, round_id, models.reject, "rejected")
 

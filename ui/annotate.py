@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from prefloop.annotate import auth
+from prefloop.annotate.sampler import stream_live_pair
 from prefloop.db.store import Store
-from prefloop.errors import LivePromptUnavailable, PrefloopError
+from prefloop.errors import PrefloopError
 from prefloop.ui.render import (
     highlight_css,
     panel,
@@ -167,23 +168,11 @@ def vote(
         screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
         screen.clear_inputs = True
         return screen
-    if created:
-        _maybe_start_training(store)
     label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
     said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
     screen = next_pair(store, token, said, rng=rng)
     screen.clear_inputs = True
     return screen
-
-
-def _maybe_start_training(store: Store) -> None:
-    """The optional automatic trigger (setting ``auto_train_every``); a vote never fails on it."""
-    try:
-        from prefloop.train.rounds import maybe_auto_train
-
-        maybe_auto_train(store)
-    except Exception:  # noqa: BLE001 - logged, never shown: the vote itself succeeded
-        logger.exception("automatic training trigger failed")
 
 
 def skip(store: Store, token: str | None, pair: dict | None, rng=None) -> Screen:
@@ -215,10 +204,6 @@ def live_prompt(
         raise PrefloopError("type a prompt first")
     if len(prompt_text) > MAX_LIVE_PROMPT_CHARS:
         raise PrefloopError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
-    try:
-        from prefloop.annotate.sampler import stream_live_pair
-    except ImportError as error:
-        raise LivePromptUnavailable("live prompts are not available (no sampler installed)") from error
     prompt_html = render_prompt(prompt_text)
     progress = progress_line(store, user)
     for item in stream_live_pair(store, user["id"], prompt_text, params):

@@ -11,9 +11,13 @@ import itertools
 from typing import Any, Callable, Iterator
 
 from prefloop.annotate import auth
+from prefloop.annotate.sampler import sample_battle_pairs
 from prefloop.db.store import Store
+from prefloop.engine import models
+from prefloop.engine.generation import SamplingParams, stream
 from prefloop.errors import PrefloopError, StoreError
-from prefloop.evaluate import arena
+from prefloop.evaluate import arena, plots
+from prefloop.evaluate.report import build_report
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
@@ -32,7 +36,6 @@ def _r(value, digits: int = 3):
 def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> dict[str, Any]:
     """Leaderboard, per-version and agreement tables (lists of rows) plus the report itself."""
     auth.require_role(store, token, "maintainer")
-    from prefloop.evaluate.report import build_report
 
     report = build_report(store, bootstrap=bootstrap)
     board = report["leaderboard"]
@@ -62,8 +65,6 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
 def evaluation_figures(store: Store, token: str | None, report: dict | None = None) -> dict:
     """The three matplotlib figures (win rate, held-out accuracy, length by version)."""
     auth.require_role(store, token, "annotator")
-    from prefloop.evaluate import plots
-    from prefloop.evaluate.report import build_report
 
     report = report or build_report(store, bootstrap=0)
     return plots.figures(report["versions"], base=report["leaderboard"]["anchor"] or "v0")
@@ -85,7 +86,6 @@ def queue_battles(
 ) -> str:
     """Queue blind battle pairs for annotators; returns the message to show."""
     auth.require_role(store, token, "maintainer")
-    from prefloop.annotate.sampler import sample_battle_pairs
 
     if not version_a or not version_b:
         raise PrefloopError("pick two versions")
@@ -117,8 +117,6 @@ def demo_compare(
 ) -> Iterator[tuple[str, str]]:
     """Stream two versions' answers to one prompt, side by side: yields (text_a, text_b)."""
     auth.require_role(store, token, "annotator")
-    from prefloop.engine import models
-    from prefloop.engine.generation import SamplingParams, stream
 
     prompt = (prompt or "").strip()
     if not prompt:

@@ -12,7 +12,16 @@ from typing import Any
 
 from prefloop.annotate import auth
 from prefloop.db.store import Store
+from prefloop.engine import models
 from prefloop.errors import PrefloopError
+from prefloop.train.config import METHODS, PRECISIONS, RoundConfig
+from prefloop.train.rounds import (
+    promote_round,
+    readiness,
+    reject_round,
+    round_rows,
+    start_round,
+)
 
 ROUND_HEADERS = ["id", "method", "parent", "version", "status", "progress", "pairs", "lr", "beta", "epochs",
                  "lora_rank", "train_loss", "heldout_acc", "outcome", "created"]
@@ -30,8 +39,6 @@ def start_round_action(
     """Start a round in a child process; returns a message for the page."""
     try:
         auth.require_role(store, token, "maintainer")
-        from prefloop.train.config import RoundConfig
-        from prefloop.train.rounds import start_round
 
         config = RoundConfig(
             method=method, learning_rate=float(learning_rate), epochs=float(epochs), beta=float(beta),
@@ -50,7 +57,6 @@ def start_round_action(
 def readiness_text(store: Store, token: str | None) -> str:
     try:
         auth.require_role(store, token, "maintainer")
-        from prefloop.train.rounds import readiness
 
         state = readiness(store)
     except PrefloopError as error:
@@ -63,7 +69,6 @@ def readiness_text(store: Store, token: str | None) -> str:
 def rounds_table(store: Store, token: str | None) -> list[list[Any]]:
     """Every round, newest first, as table rows (ROUND_HEADERS); reaps dead children first."""
     auth.require_role(store, token, "maintainer")
-    from prefloop.cli.rounds import round_rows
 
     return [[r[h] for h in ROUND_HEADERS] for r in reversed(round_rows(store))]
 
@@ -96,8 +101,6 @@ def decide_action(store: Store, token: str | None, action: str, round_id: int | 
     """promote / reject a round's candidate, or roll the active version back to its parent."""
     try:
         auth.require_role(store, token, "maintainer")
-        from prefloop.engine import models
-        from prefloop.train.rounds import promote_round, reject_round
 
         if action == "rollback":
             version = models.rollback(store)
@@ -124,19 +127,21 @@ def build_train_tab(store: Store, token_state) -> dict:
     Example: build_train_tab(store, token_state)  # inside `with gr.Tab("Train"):`
     """
     import gradio as gr
-    from prefloop.train.config import PRECISIONS, RoundConfig
 
-    defaults = RoundConfig()
+    defaults, helps = RoundConfig(), RoundConfig.help_texts()  # one source for defaults and help
     ready = gr.Markdown()
     with gr.Row():
-        method = gr.Radio(["dpo", "orpo"], value=defaults.method, label="method")
-        learning_rate = gr.Number(value=defaults.learning_rate, label="learning rate")
-        epochs = gr.Number(value=defaults.epochs, label="epochs", minimum=0.1)
-        beta = gr.Number(value=defaults.beta, label="beta")
-        lora_rank = gr.Number(value=defaults.lora_rank, label="LoRA rank", precision=0, minimum=1)
-        min_pairs = gr.Number(value=None, label="min new pairs (blank: setting)", precision=0)
+        method = gr.Radio(list(METHODS), value=defaults.method, label="method", info=helps["method"])
+        learning_rate = gr.Number(value=defaults.learning_rate, label="learning rate",
+                                  info=helps["learning_rate"])
+        epochs = gr.Number(value=defaults.epochs, label="epochs", minimum=0.1, info=helps["epochs"])
+        beta = gr.Number(value=defaults.beta, label="beta", info=helps["beta"])
+        lora_rank = gr.Number(value=defaults.lora_rank, label="LoRA rank", precision=0, minimum=1,
+                              info=helps["lora_rank"])
+        min_pairs = gr.Number(value=None, label="min new pairs (blank: setting)", precision=0,
+                              info=helps["min_new_pairs"])
         precision = gr.Radio(list(PRECISIONS), value=defaults.precision, label="precision",
-                             info="auto: bf16 where the hardware computes it natively")
+                             info=helps["precision"])
     start = gr.Button("Start round", variant="primary")
     message = gr.Markdown()
     with gr.Row():

@@ -1,0 +1,89 @@
+"""Project settings: one row per key, JSON values, with their defaults and limits.
+
+Every write is checked here, whoever writes (CLI, app, a script), so no path can store NaN, a
+negative queue or an unknown key. Reading text from a person (JSON or plain) and checking the
+sampling block against the decoder's own rules is ``prefloop.service.settings``' job.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from prefloop.db.connection import (
+    Connection,
+    dumps,
+    loads,
+)
+from prefloop.errors import StoreError
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "judgments_per_pair": 1,  # k: how many annotators want to see each pair
+    "queue_target": 16,  # ready pairs the background sampler keeps per active version
+    "gold_rate": 0.0,  # share of served pairs that are gold pairs, when any exist
+    "min_new_pairs": 32,  # readiness gate for a training round
+    "promotion_min_accuracy": 0.5,  # held-out preference accuracy a candidate must reach
+    "auto_train_every": 0,  # start a round every N new judgments; 0 = off
+    "sampling": {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 160},
+}
+
+
+# (kind, minimum, maximum) for the settings whose range matters; others are type-checked only
+SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
+    "judgments_per_pair": (int, 1, None),
+    "queue_target": (int, 0, None),
+    "gold_rate": (float, 0.0, 1.0),
+    "min_new_pairs": (int, 0, None),
+    "promotion_min_accuracy": (float, 0.0, 1.0),
+    "auto_train_every": (int, 0, None),
+}
+MAX_SETTING_NUMBER = 1_000_000_000  # larger counts cannot be meant, and overflow SQLite integers
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """``value`` if it may be stored under ``key``; a clear StoreError otherwise."""
+    if key not in DEFAULT_SETTINGS:
+        known = ", ".join(sorted(DEFAULT_SETTINGS))
+        raise StoreError(f"unknown setting {key!r}; known settings: {known}")
+    if key in SETTING_RANGES:
+        kind, low, high = SETTING_RANGES[key]
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or (kind is int and not isinstance(value, int)):
+            what = "a whole number" if kind is int else "a number"
+            raise StoreError(f"{key} must be {what}, not {value!r}")
+        if not math.isfinite(value):
+            raise StoreError(f"{key} must be a finite number, not {value!r}")
+        if abs(value) > MAX_SETTING_NUMBER:
+            raise StoreError(f"{key} is too large (at most {MAX_SETTING_NUMBER:,})")
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise StoreError(f"{key} must be {bound}, not {value}")
+        return value
+    default = DEFAULT_SETTINGS[key]
+    if default is not None and not isinstance(value, type(default)):
+        raise StoreError(f"{key} must be {type(default).__name__}, not {value!r}")
+    return value
+
+
+class SettingsQueries(Connection):
+    """Mixed into :class:`prefloop.db.store.Store`; SQL for this aggregate only."""
+
+    def get_setting(self, key: str) -> Any:
+        value = self.scalar("select value from settings where key = ?", [key])
+        if value is None:
+            if key not in DEFAULT_SETTINGS:
+                raise StoreError(f"unknown setting {key!r}")
+            return DEFAULT_SETTINGS[key]
+        return loads(value)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        check_setting(key, value)
+        with self.write() as db:
+            db.execute(
+                "insert into settings (key, value) values (?, ?) "
+                "on conflict(key) do update set value = excluded.value",
+                [key, dumps(value)],
+            )
+
+    def all_settings(self) -> dict[str, Any]:
+        return {key: self.get_setting(key) for key in DEFAULT_SETTINGS}
