@@ -280,15 +280,35 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["settings"].create({"key": str, "value": str}, pk="key", not_null={"value"})
 
 
+@migrations()
+def m002_round_pairs(db: sqlite_utils.Database) -> None:
+    """Which pairs each round learned from: a round's data window is a set of closed pairs, so a
+    pair's votes are aggregated together, once, in one round (issue 14)."""
+    db["round_pairs"].create(
+        {"round_id": int, "pair_id": int},
+        pk=("round_id", "pair_id"),
+        foreign_keys=[("round_id", "rounds", "id"), ("pair_id", "pairs", "id")],
+        not_null={"round_id", "pair_id"},
+    )
+    db["round_pairs"].create_index(["pair_id"])
+
+
 DEFAULT_SETTINGS: dict[str, Any] = {
     "active_version": None,  # name of the version that serves pairs
     "judgments_per_pair": 1,  # k: how many annotators want to see each pair
     "queue_target": 16,  # ready pairs the background sampler keeps per active version
     "gold_rate": 0.0,  # share of served pairs that are gold pairs, when any exist
     "min_new_pairs": 32,  # readiness gate for a training round
-    "promotion_min_accuracy": 0.5,  # held-out preference accuracy a candidate must reach
+    "promotion_min_accuracy": 0.5,  # legacy: the evidence gate (gate_* below) decides promotion now
     "auto_train_every": 0,  # start a round every N new judgments; 0 = off
     "sampling": {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 160},
+    # the evidence gate (prefloop.train.gate): why each default, see there
+    "gate_share": 0.15,  # share of the queue sampled from the active version on held-out prompts
+    "gate_min_rows": 30,  # held-out preference rows needed before a verdict; fewer: wait
+    "gate_max_length_ratio": 1.3,  # candidate / parent mean response tokens on held-out prompts
+    "gate_min_length_ratio": 0.5,
+    "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
+    "gate_max_kl": 0.15,  # KL(parent || candidate), nats per token, on the parent's held-out samples
 }
 
 
@@ -682,10 +702,10 @@ class Store:
         )
 
     def retire_open_pairs(self, except_version_id: int) -> int:
-        """Train pairs from other versions leave the queue once a new version is active."""
+        """Train and live pairs from other versions leave the queue once a new version is active."""
         with self.write() as db:
             cursor = db.execute(
-                "update pairs set status = 'retired' where status = 'open' and purpose = 'train' "
+                "update pairs set status = 'retired' where status = 'open' and purpose in ('train', 'live') "
                 "and generation_a_id in (select id from generations where version_id != ?)",
                 [except_version_id],
             )
@@ -875,7 +895,9 @@ class Store:
             "p.messages as prompt_messages, p.split, "
             "ga.id as generation_a_id, ga.text as text_a, ga.version_id as version_a_id, "
             "gb.id as generation_b_id, gb.text as text_b, gb.version_id as version_b_id, "
-            "va.name as version_a, vb.name as version_b "
+            "va.name as version_a, vb.name as version_b, x.status as pair_status, "
+            "ga.finish_reason as finish_reason_a, gb.finish_reason as finish_reason_b, "
+            "ga.completion_tokens as tokens_a, gb.completion_tokens as tokens_b "
             + _JUDGMENT_LINEAGE_JOINS
             + f"where j.id > ? and x.purpose in ({marks}) order by j.id",
             [since_id, *purposes],
@@ -978,6 +1000,43 @@ class Store:
 
     def count_judgments_since(self, judgment_id: int) -> int:
         return self.scalar("select count(*) from judgments where id > ?", [judgment_id])
+
+    def unclaimed_closed_pair_ids(self, purposes: tuple[str, ...], include_claimed: bool = False) -> list[int]:
+        """Closed (done or retired) pairs of these purposes with at least one judgment, on train
+        prompts, that no round (failed ones aside) has taken into its window yet."""
+        marks = ",".join("?" for _ in purposes)
+        claimed = "" if include_claimed else (
+            "and not exists (select 1 from round_pairs rp join rounds r on r.id = rp.round_id "
+            "  where rp.pair_id = x.id and r.status != 'failed') "
+        )
+        return [r["id"] for r in self.rows(
+            "select x.id from pairs x join prompts p on p.id = x.prompt_id "
+            f"where x.status != 'open' and x.purpose in ({marks}) and p.split = 'train' "
+            "and x.judgments_count > 0 " + claimed + "order by x.id",
+            list(purposes),
+        )]
+
+    def claim_round_pairs(self, round_id: int, pair_ids: list[int]) -> None:
+        """Put pairs into a round's data window (done once, when the round is created)."""
+        with self.write() as db:
+            db.conn.executemany(
+                "insert or ignore into round_pairs (round_id, pair_id) values (?, ?)",
+                [(round_id, pair_id) for pair_id in pair_ids],
+            )
+
+    def round_pair_ids(self, round_id: int) -> list[int]:
+        return [r["pair_id"] for r in self.rows(
+            "select pair_id from round_pairs where round_id = ? order by pair_id", [round_id])]
+
+    def queued_heldout_pairs(self, version_id: int) -> int:
+        """Open gate pairs (train purpose, held-out prompt) from one version: the gate's queue."""
+        return self.scalar(
+            "select count(*) from pairs x join generations g on g.id = x.generation_a_id "
+            "join prompts p on p.id = x.prompt_id "
+            "where x.status = 'open' and x.purpose = 'train' and p.split = 'heldout' "
+            "and g.version_id = ? and x.judgments_count < x.judgments_wanted",
+            [version_id],
+        )
 
     # -- sampling --
     def prompt_id_for_text(self, text: str, source: str, split: str = "train") -> int:
@@ -1186,7 +1245,8 @@ class Store:
 _PAIR_SELECT = (
     "select x.*, p.text as prompt, p.messages as prompt_messages, p.split, "
     "ga.text as text_a, ga.version_id as version_a_id, gb.text as text_b, "
-    "gb.version_id as version_b_id "
+    "gb.version_id as version_b_id, ga.finish_reason as finish_reason_a, "
+    "gb.finish_reason as finish_reason_b "
     "from pairs x join prompts p on p.id = x.prompt_id "
     "join generations ga on ga.id = x.generation_a_id "
     "join generations gb on gb.id = x.generation_b_id"
