@@ -296,8 +296,27 @@ def stream_live_pair(
 # --------------------------------------------------------------------------------------------
 # background queue
 # --------------------------------------------------------------------------------------------
+def gate_queue_plan(store: Store, version_id: int, target: int) -> tuple[str, int] | None:
+    """(split, pairs to sample) to bring the queue to ``target``, of which ``gate_share`` held
+    out (while held-out prompts exist); None when the queue is full."""
+    queued = store.queued_pairs(version_id)
+    gate_queued = store.queued_heldout_pairs(version_id)
+    share = float(store.get_setting("gate_share") or 0)
+    gate_target = round(target * share) if share and store.count_prompts("heldout") else 0
+    if gate_queued < gate_target:
+        return "heldout", gate_target - gate_queued
+    train_queued = queued - gate_queued
+    if train_queued < target - gate_target:
+        return "train", target - gate_target - train_queued
+    return None
+
+
 class QueueFiller:
     """Keeps ``queue_target`` open train pairs ready for whichever version is active.
+
+    A share of them (setting ``gate_share``) are gate pairs: sampled from the active version on
+    held-out prompts, judged like any other, never trained on. They are the fresh evidence the
+    gate (prefloop.train.gate) judges this version's next candidate on.
 
     Each pass re-reads the active version and the target, so a promotion or a settings change
     takes effect on the next pass, without a restart. Errors are logged and retried with
@@ -363,13 +382,15 @@ class QueueFiller:
         target = int(self.store.get_setting("queue_target"))
         queued = self.store.queued_pairs(active["id"])
         self._set(version=active["name"], queued=queued, target=target)
-        if queued >= target:
+        plan = gate_queue_plan(self.store, active["id"], target)
+        if plan is None:
             self._set(state="idle")
             return 0
+        split, wanted = plan
         self._set(state="filling")
-        wanted = min(target - queued, max(1, self.batch_size // 2))
+        wanted = min(wanted, max(1, self.batch_size // 2))
         made = sample_pairs(
-            self.store, active["name"], n_prompts=wanted, params=self.params, batch_size=self.batch_size
+            self.store, active["name"], n_prompts=wanted, split=split, params=self.params, batch_size=self.batch_size
         )
         current = self.store.active_version()
         if current is not None and current["id"] != active["id"]:

@@ -311,6 +311,12 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "min_new_pairs": (int, 0, None),
     "promotion_min_accuracy": (float, 0.0, 1.0),
     "auto_train_every": (int, 0, None),
+    "gate_share": (float, 0.0, 0.9),
+    "gate_min_rows": (int, 1, None),
+    "gate_max_length_ratio": (float, 1.0, None),
+    "gate_min_length_ratio": (float, 0.0, 1.0),
+    "gate_max_chosen_logp_drop": (float, 0.0, None),
+    "gate_max_kl": (float, 0.0, None),
 }
 
 

@@ -346,6 +346,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     clock.lap("load")
     # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
     fields = settings(config, on_gpu, folder)
+    fields["warmup_steps"] = warmup_steps(config, len(rows))
     with _completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
         trainer = _make_trainer(
             model, tokenizer, training_columns(rows, cut_off_flags=True), config, on_gpu, store, round_id, main, fields
@@ -447,6 +448,20 @@ def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tupl
     return kept, len(rows) - len(kept)
 
 
+def warmup_steps(config: RoundConfig, n_rows: int) -> int:
+    """Whole warmup steps: ``warmup_ratio`` of the round's optimizer steps, rounded *down*.
+
+    Given a ratio, transformers rounds up, so a round of one step spent it at learning rate 0 and
+    learned nothing (issue 14); rounding down leaves at least one step at full rate.
+    """
+    if config.max_steps > 0:
+        total = config.max_steps
+    else:
+        batches = math.ceil(n_rows / config.batch_size)
+        total = math.ceil(config.epochs * max(1, batches // config.gradient_accumulation))
+    return int(config.warmup_ratio * total)
+
+
 def recipe_settings(config: RoundConfig, folder: Path) -> dict:
     """What the round learns: the optimisation recipe from RoundConfig, and where the trainer writes.
 
@@ -458,7 +473,7 @@ def recipe_settings(config: RoundConfig, folder: Path) -> dict:
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        warmup_steps=config.warmup_ratio,  # a ratio; _train replaces it by whole steps (warmup_steps())
         beta=config.beta,
         seed=config.seed,
         save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
