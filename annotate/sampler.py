@@ -16,7 +16,6 @@ Many prompts share one batched decode (engine/generation.py), which is where the
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import random
 import threading
@@ -24,7 +23,9 @@ from typing import Callable, Iterator
 
 from prefloop.db.store import Store
 from prefloop.engine.generation import (
+    MAX_SEED,
     SamplingParams,
+    derive_seed,
     generate,
     sampling_dtype,
     stream_batch,
@@ -37,7 +38,6 @@ log = logging.getLogger("prefloop.sampler")
 NEAR_IDENTICAL_RATIO = 0.9  # difflib similarity at or above which two responses count as the same
 DEFAULT_BATCH_SIZE = 32  # rows decoded together (two per prompt); bench/sampling.py: 32 beat 16 by 1.3x, 64 no better
 DEFAULT_N_PROMPTS = 8
-MAX_SEED = 2**31 - 1  # fits SQLite integers and every torch generator
 
 Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
 
@@ -52,16 +52,6 @@ def near_identical(text_a: str, text_b: str, threshold: float = NEAR_IDENTICAL_R
         return True
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
-
-
-def derive_seed(base: int, *parts: object) -> int:
-    """A per-row seed from a run seed and the row's identity (prompt id, slot, version).
-
-    Derived rather than counted so a row's seed, hence its text, does not depend on which
-    other prompts were sampled in the same run.
-    """
-    digest = hashlib.sha256(":".join(str(p) for p in (base, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") % MAX_SEED
 
 
 def conversation(prompt: dict) -> list[dict]:
@@ -297,8 +287,27 @@ def stream_live_pair(
 # --------------------------------------------------------------------------------------------
 # background queue
 # --------------------------------------------------------------------------------------------
+def gate_queue_plan(store: Store, version_id: int, target: int) -> tuple[str, int] | None:
+    """(split, pairs to sample) to bring the queue to ``target``, of which ``gate_share`` held
+    out (while held-out prompts exist); None when the queue is full."""
+    queued = store.queued_pairs(version_id)
+    gate_queued = store.queued_heldout_pairs(version_id)
+    share = float(store.get_setting("gate_share") or 0)
+    gate_target = round(target * share) if share and store.count_prompts("heldout") else 0
+    if gate_queued < gate_target:
+        return "heldout", gate_target - gate_queued
+    train_queued = queued - gate_queued
+    if train_queued < target - gate_target:
+        return "train", target - gate_target - train_queued
+    return None
+
+
 class QueueFiller:
     """Keeps ``queue_target`` open train pairs ready for whichever version is active.
+
+    A share of them (setting ``gate_share``) are gate pairs: sampled from the active version on
+    held-out prompts, judged like any other, never trained on. They are the fresh evidence the
+    gate (prefloop.train.gate) judges this version's next candidate on.
 
     Each pass re-reads the active version and the target, so a promotion or a settings change
     takes effect on the next pass, without a restart. Errors are logged and retried with
@@ -364,13 +373,15 @@ class QueueFiller:
         target = int(self.store.get_setting("queue_target"))
         queued = self.store.queued_pairs(active["id"])
         self._set(version=active["name"], queued=queued, target=target)
-        if queued >= target:
+        plan = gate_queue_plan(self.store, active["id"], target)
+        if plan is None:
             self._set(state="idle")
             return 0
+        split, wanted = plan
         self._set(state="filling")
-        wanted = min(target - queued, max(1, self.batch_size // 2))
+        wanted = min(wanted, max(1, self.batch_size // 2))
         made = sample_pairs(
-            self.store, active["name"], n_prompts=wanted, params=self.params, batch_size=self.batch_size
+            self.store, active["name"], n_prompts=wanted, split=split, params=self.params, batch_size=self.batch_size
         )
         current = self.store.active_version()
         if current is not None and current["id"] != active["id"]:

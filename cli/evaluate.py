@@ -16,7 +16,7 @@ from prefloop.errors import PrefloopError
 from prefloop.evaluate.judges import load_judge
 from prefloop.evaluate.plots import save_plots, simulation_rows
 from prefloop.evaluate.report import build_report
-from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+from prefloop.evaluate.simulate import SimulationConfig, run_seeds, run_simulation
 
 
 def _log(message: str) -> None:
@@ -92,28 +92,35 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.command("simulate")
 @click.option("--judge", default="prefloop.evaluate.judges:concise", show_default=True, help="module:function judge(prompt, a, b)")
 @click.option("--rounds", default=3, show_default=True, help="training rounds")
-@click.option("--pairs-per-round", default=96, show_default=True, help="pairs sampled and judged per round")
+@click.option("--pairs-per-round", default=96, show_default=True, help="train pairs sampled and judged per round")
+@click.option("--heldout-pairs", type=int, default=None,
+              help="gate pairs (held-out prompts) judged per round on top of --pairs-per-round "
+                   "(default: the gate minimum, gate_min_rows, plus a quarter for ties)")
+@click.option("--force-promote", is_flag=True, help="promote every candidate whatever the gate says (the old behaviour)")
+@click.option("--seeds", default=1, show_default=True, help="runs (seed, seed+1, ...), each in a fresh home under this one; reports mean and spread")
 @click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True)
 @click.option("--noise", default=0.0, show_default=True, help="share of votes replaced by a random choice")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-prompts", default=48, show_default=True, help="held-out prompts battled against v0 per round")
-@click.option("--lr", "learning_rate", type=float, help="round learning rate (default 3e-4)")
-@click.option("--epochs", type=float, help="round epochs (default 1)")
-@click.option("--beta", type=float, help="DPO beta / ORPO lambda (default 0.1)")
+@click.option("--lr", "learning_rate", type=float, help="round learning rate (default: prefloop train's)")
+@click.option("--epochs", type=float, help="round epochs (default: prefloop train's)")
+@click.option("--beta", type=float, help="DPO beta / ORPO lambda (default: prefloop train's)")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="round precision (default auto)")
-@click.option("--temperature", type=float, help="sampling temperature (default 1.0)")
-@click.option("--max-new-tokens", type=int, help="response length cap (default 96)")
+@click.option("--temperature", type=float, help="sampling temperature (default: the sampling setting)")
+@click.option("--max-new-tokens", type=int, help="response length cap (default: the sampling setting)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
-def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_prompts, learning_rate,
-                     epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
-    """Run the loop unattended with a simulated judge: sample, vote, train, promote, battle v0.
+def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, noise, seed,
+                     eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
+    """Run the loop unattended with a simulated judge, as production runs it: sample, vote, train,
+    gate (promote only on held-out evidence), battle v0. Settings are `prefloop train`'s defaults.
 
-    Example: prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
+    Example: prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 2 --pairs-per-round 48 --seeds 3 --json
     """
 
     config = SimulationConfig(
-        judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, method=method, noise=noise,
+        judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, heldout_pairs=heldout_pairs,
+        force_promote=force_promote, seeds=seeds, method=method, noise=noise,
         seed=seed, eval_prompts=eval_prompts, learning_rate=learning_rate, epochs=epochs, beta=beta,
         precision=precision, temperature=temperature, max_new_tokens=max_new_tokens,
     ).validate()
@@ -121,22 +128,40 @@ def simulate_command(judge, rounds, pairs_per_round, method, noise, seed, eval_p
     started = time.perf_counter()
     # Training libraries print their logs to stdout; stdout carries only our answer.
     with contextlib.redirect_stdout(sys.stderr):
-        result = run_simulation(Store(), config, judge=judge_fn, log=_log)
+        if seeds > 1:
+            result = run_seeds(Store(), config, judge=judge_fn, log=_log)
+        else:
+            result = run_simulation(Store(), config, judge=judge_fn, log=_log)
+    runs = result["seeds"] if seeds > 1 else [result]
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"{'round':<7}{'version':<9}{'pairs':>6}{'win vs v0':>11}  {'95% CI':<16}{'words':>7}{'secs':>8}")
-        for r in result["rounds"]:
-            ci = f"[{_fmt(r.get('ci_low'), '.0%')}, {_fmt(r.get('ci_high'), '.0%')}]"
-            click.echo(f"{r['round']:<7}{r['version']:<9}{r['pairs']:>6}{_fmt(r.get('win_rate_vs_v0'), '.1%'):>11}"
-                       f"  {ci:<16}{_fmt(r.get('mean_words'), '.1f'):>7}{r['seconds']:>8.0f}")
+        for run in runs:
+            click.echo(f"seed {run['seed']}: v0 cut-off rate {_fmt(run['v0']['cutoff_rate'], '.1%')}")
+            click.echo(f"{'round':<7}{'version':<9}{'pairs':>6}{'gate':>8}{'acc':>7}{'low':>7}{'win vs v0':>11}  "
+                       f"{'95% CI':<16}{'words':>7}{'cut off':>9}{'secs':>7}")
+            for r in run["rounds"]:
+                ci = f"[{_fmt(r.get('ci_low'), '.0%')}, {_fmt(r.get('ci_high'), '.0%')}]"
+                gate = r["gate"]
+                click.echo(f"{r['round']:<7}{r['version']:<9}{r['pairs']:>6}{(gate['decision'] or '-'):>8}"
+                           f"{_fmt(gate['accuracy'], '.2f'):>7}{_fmt(gate['lower_bound'], '.2f'):>7}"
+                           f"{_fmt(r.get('win_rate_vs_v0'), '.1%'):>11}  {ci:<16}{_fmt(r.get('mean_words'), '.1f'):>7}"
+                           f"{_fmt(r.get('cutoff_rate'), '.1%'):>9}{r['seconds']:>7.0f}")
+                click.echo(f"       gate: {gate['reason']}")
+        if seeds > 1:
+            click.echo("over seeds " + ", ".join(str(s) for s in result["summary"]["seeds"]) + ":")
+            for r in result["summary"]["rounds"]:
+                w = r["win_rate_vs_v0"]
+                click.echo(f"  round {r['round']}: promoted {r['promoted']}/{r['runs']}; win vs v0 mean "
+                           f"{_fmt(w['mean'], '.1%')} sd {_fmt(w['sd'], '.1%')} [{_fmt(w['min'], '.1%')}, {_fmt(w['max'], '.1%')}]")
         click.echo(f"total {time.perf_counter() - started:.0f} s")
     if png_dir:
 
-        for path in save_plots(simulation_rows(result), png_dir):
+        for path in save_plots(simulation_rows(runs[0]), png_dir):
             _log(f"wrote {path}")
-    if result["stopped"]:
-        raise click.ClickException(result["stopped"])  # the rounds that ran are reported above
+    stopped = [run["stopped"] for run in runs if run["stopped"]]
+    if stopped:
+        raise click.ClickException(stopped[0])  # the rounds that ran are reported above
 
 
 @click.group("battles")

@@ -93,7 +93,9 @@ class JudgmentQueries(Connection):
             "p.messages as prompt_messages, p.split, "
             "ga.id as generation_a_id, ga.text as text_a, ga.version_id as version_a_id, "
             "gb.id as generation_b_id, gb.text as text_b, gb.version_id as version_b_id, "
-            "va.name as version_a, vb.name as version_b "
+            "va.name as version_a, vb.name as version_b, x.status as pair_status, "
+            "ga.finish_reason as finish_reason_a, gb.finish_reason as finish_reason_b, "
+            "ga.completion_tokens as tokens_a, gb.completion_tokens as tokens_b "
             + JUDGMENT_LINEAGE_JOINS
             + f"where j.id > ? and x.purpose in ({marks}) order by j.id",
             [since_id, *purposes],

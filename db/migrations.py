@@ -229,3 +229,16 @@ def m002_active_version_pointer(db: sqlite_utils.Database) -> None:
                 [version[0]],
             )
     db.execute("delete from settings where key = 'active_version'")
+
+
+@migrations()
+def m003_round_pairs(db: sqlite_utils.Database) -> None:
+    """Which pairs each round learned from: a round's data window is a set of closed pairs, so a
+    pair's votes are aggregated together, once, in one round."""
+    db["round_pairs"].create(
+        {"round_id": int, "pair_id": int},
+        pk=("round_id", "pair_id"),
+        foreign_keys=[("round_id", "rounds", "id"), ("pair_id", "pairs", "id")],
+        not_null={"round_id", "pair_id"},
+    )
+    db["round_pairs"].create_index(["pair_id"])

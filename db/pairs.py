@@ -72,10 +72,10 @@ class PairQueries(Connection):
         )
 
     def retire_open_pairs(self, except_version_id: int) -> int:
-        """Train pairs from other versions leave the queue once a new version is active."""
+        """Train and live pairs from other versions leave the queue once a new version is active."""
         with self.write() as db:
             cursor = db.execute(
-                "update pairs set status = 'retired' where status = 'open' and purpose = 'train' "
+                "update pairs set status = 'retired' where status = 'open' and purpose in ('train', 'live') "
                 "and generation_a_id in (select id from generations where version_id != ?)",
                 [except_version_id],
             )
@@ -195,4 +195,14 @@ class PairQueries(Connection):
             "(select count(*) from judgments j where j.pair_id = x.id and j.choice = x.gold_choice) "
             "as agreed from pairs x join prompts p on p.id = x.prompt_id "
             "where x.purpose = 'gold' order by x.id"
+        )
+
+    def queued_heldout_pairs(self, version_id: int) -> int:
+        """Open gate pairs (train purpose, held-out prompt) from one version: the gate's queue."""
+        return self.scalar(
+            "select count(*) from pairs x join generations g on g.id = x.generation_a_id "
+            "join prompts p on p.id = x.prompt_id "
+            "where x.status = 'open' and x.purpose = 'train' and p.split = 'heldout' "
+            "and g.version_id = ? and x.judgments_count < x.judgments_wanted",
+            [version_id],
         )

@@ -61,3 +61,30 @@ class RoundQueries(Connection):
             "select step, name, value from round_metrics where round_id = ? order by step, id",
             [round_id],
         )
+
+    def unclaimed_closed_pair_ids(self, purposes: tuple[str, ...], include_claimed: bool = False) -> list[int]:
+        """Closed (done or retired) pairs of these purposes with at least one judgment, on train
+        prompts, that no round (failed ones aside) has taken into its window yet."""
+        marks = ",".join("?" for _ in purposes)
+        claimed = "" if include_claimed else (
+            "and not exists (select 1 from round_pairs rp join rounds r on r.id = rp.round_id "
+            "  where rp.pair_id = x.id and r.status != 'failed') "
+        )
+        return [r["id"] for r in self.rows(
+            "select x.id from pairs x join prompts p on p.id = x.prompt_id "
+            f"where x.status != 'open' and x.purpose in ({marks}) and p.split = 'train' "
+            "and x.judgments_count > 0 " + claimed + "order by x.id",
+            list(purposes),
+        )]
+
+    def claim_round_pairs(self, round_id: int, pair_ids: list[int]) -> None:
+        """Put pairs into a round's data window (done once, when the round is created)."""
+        with self.write() as db:
+            db.conn.executemany(
+                "insert or ignore into round_pairs (round_id, pair_id) values (?, ?)",
+                [(round_id, pair_id) for pair_id in pair_ids],
+            )
+
+    def round_pair_ids(self, round_id: int) -> list[int]:
+        return [r["pair_id"] for r in self.rows(
+            "select pair_id from round_pairs where round_id = ? order by pair_id", [round_id])]

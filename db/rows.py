@@ -27,7 +27,8 @@ JUDGMENT_LINEAGE_JOINS = (
 PAIR_SELECT = (
     "select x.*, p.text as prompt, p.messages as prompt_messages, p.split, "
     "ga.text as text_a, ga.version_id as version_a_id, gb.text as text_b, "
-    "gb.version_id as version_b_id "
+    "gb.version_id as version_b_id, ga.finish_reason as finish_reason_a, "
+    "gb.finish_reason as finish_reason_b "
     "from pairs x join prompts p on p.id = x.prompt_id "
     "join generations ga on ga.id = x.generation_a_id "
     "join generations gb on gb.id = x.generation_b_id"

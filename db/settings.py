@@ -22,9 +22,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "queue_target": 16,  # ready pairs the background sampler keeps per active version
     "gold_rate": 0.0,  # share of served pairs that are gold pairs, when any exist
     "min_new_pairs": 32,  # readiness gate for a training round
-    "promotion_min_accuracy": 0.5,  # held-out preference accuracy a candidate must reach
+    "promotion_min_accuracy": 0.5,  # legacy: the evidence gate (gate_* below) decides promotion now
     "auto_train_every": 0,  # start a round every N new judgments; 0 = off
     "sampling": {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 160},
+    # the evidence gate (prefloop.train.gate): why each default, see there
+    "gate_share": 0.15,  # share of the queue sampled from the active version on held-out prompts
+    "gate_min_rows": 30,  # held-out preference rows needed before a verdict; fewer: wait
+    "gate_max_length_ratio": 1.3,  # candidate / parent mean response tokens on held-out prompts
+    "gate_min_length_ratio": 0.5,
+    "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
+    "gate_max_kl": 0.15,  # KL(parent || candidate), nats per token, on the parent's held-out samples
 }
 
 
@@ -36,6 +43,12 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "min_new_pairs": (int, 0, None),
     "promotion_min_accuracy": (float, 0.0, 1.0),
     "auto_train_every": (int, 0, None),
+    "gate_share": (float, 0.0, 0.9),
+    "gate_min_rows": (int, 1, None),
+    "gate_max_length_ratio": (float, 1.0, None),
+    "gate_min_length_ratio": (float, 0.0, 1.0),
+    "gate_max_chosen_logp_drop": (float, 0.0, None),
+    "gate_max_kl": (float, 0.0, None),
 }
 MAX_SETTING_NUMBER = 1_000_000_000  # larger counts cannot be meant, and overflow SQLite integers
 

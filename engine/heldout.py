@@ -7,6 +7,13 @@ the number answer "did this round move the model towards what people prefer?". F
 version (no parent) and no explicit reference, the question has no meaning: we return None
 rather than a misleading 0 or 1 (comparing a model with itself gives r = 0 everywhere).
 Ties (equal rewards) count as disagreement.
+
+Margins are per token (``per_token=True``, the default): r(x, y) / |y|. A sum over tokens is
+confounded by length: when a round lowers every token's log-prob a little (a uniform drift, not a
+taste), a summed reward falls more for the longer answer, so under a judge who prefers shorter
+answers the drift alone reads as agreement. Divided by the answer's length, a uniform drift
+cancels. An answer that was cut off (``finished=False``) is scored without an end-of-turn token,
+as it was generated and as it is trained.
 """
 
 from __future__ import annotations
@@ -45,23 +52,44 @@ def preference_accuracy(
     return wins / len(rows)
 
 
-def reward_margins(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH) -> list[float]:
-    """log p(chosen | prompt) - log p(rejected | prompt) under one model, per row."""
-    chosen = sequence_logps(model, tokenizer, [(r["prompt"], r["chosen"]) for r in rows], batch_size, max_length)
-    rejected = sequence_logps(model, tokenizer, [(r["prompt"], r["rejected"]) for r in rows], batch_size, max_length)
-    return [c - r for c, r in zip(chosen, rejected)]
+def reward_margins(
+    model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH, per_token: bool = True
+) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) under one model, per row; each term
+    divided by its answer's token count when ``per_token`` (see the module docstring)."""
+    chosen, rejected = answer_logps(model, tokenizer, rows, batch_size=batch_size, max_length=max_length)
+    if per_token:
+        return [c / max(nc, 1) - r / max(nr, 1) for (c, nc), (r, nr) in zip(chosen, rejected)]
+    return [c - r for (c, _), (r, _) in zip(chosen, rejected)]
 
 
-def sequence_logps(model, tokenizer, examples, batch_size: int = 8, max_length: int = MAX_LENGTH) -> list[float]:
-    """Summed log-probability of each completion given its prompt (chat template applied), no grad."""
+def answer_logps(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH):
+    """(summed log-prob, tokens) of each row's chosen and of its rejected answer; a cut-off answer
+    (``chosen_cut_off`` / ``rejected_cut_off``) without its end-of-turn token."""
+    out = []
+    for side in ("chosen", "rejected"):
+        examples = [(r["prompt"], r[side]) for r in rows]
+        finished = [not r.get(f"{side}_cut_off") for r in rows]
+        out.append(sequence_logps(model, tokenizer, examples, batch_size, max_length, finished=finished, with_counts=True))
+    return out[0], out[1]
+
+
+def sequence_logps(
+    model, tokenizer, examples, batch_size: int = 8, max_length: int = MAX_LENGTH, *,
+    finished: list[bool] | None = None, with_counts: bool = False,
+) -> list:
+    """Summed log-probability of each completion given its prompt (chat template applied), no grad;
+    ``(sum, tokens)`` pairs with ``with_counts``. ``finished[i]`` False: no end-of-turn token."""
     import torch
 
-    encoded = [_encode(tokenizer, prompt, completion, max_length) for prompt, completion in examples]
+    finished = finished or [True] * len(examples)
+    encoded = [_encode(tokenizer, prompt, completion, max_length, done)
+               for (prompt, completion), done in zip(examples, finished)]
     # Batches of similar length waste little on padding; results go back in the caller's order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[float] = [0.0] * len(encoded)
+    out: list = [0.0] * len(encoded)
     was_training = model.training
     model.eval()
     try:
@@ -81,17 +109,25 @@ def sequence_logps(model, tokenizer, examples, batch_size: int = 8, max_length: 
                 logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
                 targets = input_ids[:, 1:]
                 token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                for i, value in zip(indices, (token_logps * scored[:, 1:]).sum(-1).tolist()):
-                    out[i] = value
+                sums = (token_logps * scored[:, 1:]).sum(-1).tolist()
+                counts = scored[:, 1:].sum(-1).tolist()
+                for i, value, count in zip(indices, sums, counts):
+                    out[i] = (value, int(count)) if with_counts else value
     finally:
         model.train(was_training)
     return out
 
 
-def _encode(tokenizer, prompt: list[dict], completion: list[dict], max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt+completion and where the completion starts (at least 1 token in)."""
+def _encode(
+    tokenizer, prompt: list[dict], completion: list[dict], max_length: int, finished: bool = True
+) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts (at least 1 token in); a
+    completion that did not finish ends where it was cut (no end-of-turn token)."""
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if finished:
+        full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    else:
+        full_text = prompt_text + completion[-1]["content"]
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     common = 0

@@ -209,9 +209,17 @@ def clear_cache() -> None:
 
 
 def load_fresh(store: Store, name: str, device: str = "cpu", dtype: Any = None):
-    """An uncached (model, tokenizer) of a version, safe to train or modify in place."""
+    """An uncached (model, tokenizer) of a version, safe to train or modify in place.
+
+    The chain is merged in float32 and cast to ``dtype`` once, at the end: merging each adapter
+    into bfloat16 weights rounds every weight at each step, and for the small updates a round
+    makes most of the change was rounding (issue 14). So the sampler, the battles and the gate
+    all run the same weights: the float32 merge, cast once.
+    """
+    import torch
+
     if dtype is None:
-        dtype = _torch_float32()
+        dtype = torch.float32
     from transformers import AutoModelForCausalLM
 
     chain = store.version_chain(name)
@@ -224,21 +232,26 @@ def load_fresh(store: Store, name: str, device: str = "cpu", dtype: Any = None):
     base = chain[0]
     try:
         with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(str(version_path(base)), dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(version_path(base)), dtype=torch.float32)
     except Exception as error:  # noqa: BLE001
         raise ModelError(f"cannot load base of {name!r} from {version_path(base)}: {error}") from error
     for version in chain[1:]:
         model = merge_adapter(model, version_path(version))
+    if dtype != torch.float32:
+        model = model.to(dtype)  # the one cast
     model.to(device).eval()
     return model, load_tokenizer(store, name)
 
 
 def merge_adapter(model, adapter_dir: Path | str):
-    """Apply one LoRA adapter folder to a model and fold it into the weights."""
+    """Apply one LoRA adapter folder to a float32 model and fold it into the weights."""
+    import torch
     from peft import PeftModel
 
     if not Path(adapter_dir).exists():
         raise ModelError(f"adapter folder is missing: {adapter_dir}")
+    if next(model.parameters()).dtype != torch.float32:
+        raise ModelError("adapters are merged in float32 only; cast once after the whole chain is merged")
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload()
 

@@ -127,3 +127,27 @@ def load_judge(spec: str) -> Judge:
     if not callable(judge):
         raise JudgeError(f"{spec} is not callable; a judge is a function (prompt, a, b) -> choice")
     return judge
+
+
+def coin(prompt: str, a: str, b: str) -> str:
+    """A fair coin between the two answers: no taste at all, so nothing should ever be promoted.
+    Seeded by the texts, so a run replays, yet independent of anything a model could learn."""
+    import hashlib
+
+    digest = hashlib.sha256("\x00".join((prompt, a, b)).encode("utf-8")).digest()
+    return "a" if digest[0] % 2 == 0 else "b"
+
+
+_FINISHED_END = re.compile(r"""[.!?)"'`*\]]\s*$""")
+
+
+def finished(prompt: str, a: str, b: str) -> str:
+    """Prefers the answer that ends like a finished answer (final punctuation, a closed block)
+    over one that stops mid-sentence, the mark of a response cut off at max_new_tokens; if both
+    or neither end that way it is a tie."""
+    if _blank(a) and _blank(b):
+        return "both_bad"
+    fa, fb = bool(_FINISHED_END.search(a or "")), bool(_FINISHED_END.search(b or ""))
+    if fa == fb:
+        return "tie"
+    return "a" if fa else "b"

@@ -2,27 +2,36 @@
 
     prefloop simulate --judge prefloop.evaluate.judges:concise --rounds 3 --pairs-per-round 96 --json
 
-Each round: sample ``pairs_per_round`` train pairs from the active version, let the judge vote
-on them as a real annotator account ("sim-<judge>", served and recorded through the store, so
-lineage is the same as for people), train a round (DPO or ORPO) in this process, promote it, and
-then run blind battles of the new version against v0 on held-out prompts, judged by the same
-judge. The win rate against v0 (ties count half) is the headline number: a taste the judge has
-and the base model lacks should be learned within a few rounds. ``noise`` only touches the votes
-the rounds train on (a tired annotator); battles are judged noise-free, so the win rate measures
-how far the model moved towards the judge's taste rather than how noisy the evaluation was.
+Each round, as production runs it: sample ``pairs_per_round`` train pairs and ``heldout_pairs``
+gate pairs (held-out prompts) from the active version, let the judge vote on all of them as a
+real annotator account ("sim-<judge>", served and recorded through the store, so lineage is the
+same as for people), train a round (DPO or ORPO) in this process with ``prefloop train``'s
+defaults, and let the round's evidence gate decide: a promoted candidate becomes the active
+version; a rejected or waiting one leaves its parent active, and the next round trains the
+parent on new judgments (its held-out judgments accumulate). ``force_promote`` promotes every
+candidate whatever the gate says (the old behaviour). Then the round's candidate battles v0
+blind on held-out prompts, judged by the same judge. ``noise`` only touches the votes people
+would cast (train and gate pairs); battles are judged noise-free, so the win rate measures how
+far the model moved towards the judge's taste rather than how noisy the evaluation was.
 
-Defaults are tuned for the concise judge on SmolLM2-135M on a CPU (see ``SimulationConfig``).
+Settings are production's: RoundConfig's defaults and the home's ``sampling`` setting, unless an
+option overrides one. ``--seeds N`` runs the loop N times, each in a fresh home folder from the
+same v0 and prompts, and reports the mean and spread over seeds.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.annotate.sampler import sample_battle_pairs, sample_pairs
+from prefloop.db.settings import DEFAULT_SETTINGS
 from prefloop.db.store import Store
 from prefloop.engine import models
 from prefloop.engine.generation import SamplingParams
@@ -48,18 +57,25 @@ class SimulationConfig:
     )
     rounds: int = field(default=3, metadata={"help": "training rounds to run"})
     pairs_per_round: int = field(default=96, metadata={"help": "train prompts sampled (one pair each) per round"})
+    heldout_pairs: int | None = field(
+        default=None,
+        metadata={"help": "gate pairs (held-out prompts, from the active version) judged per round on top of "
+                  "pairs_per_round; default: what the gate minimum needs (gate_min_rows plus a quarter for ties)"},
+    )
+    force_promote: bool = field(default=False, metadata={"help": "promote every candidate, whatever the gate says"})
+    seeds: int = field(default=1, metadata={"help": "run the loop this many times (seed, seed+1, ...); report mean and spread"})
     method: str = field(default="dpo", metadata={"help": "dpo or orpo"})
     noise: float = field(default=0.0, metadata={"help": "share of votes replaced by a random choice"})
     seed: int = field(default=0, metadata={"help": "seeds sampling, noise and training"})
     eval_prompts: int = field(
         default=48, metadata={"help": "held-out prompts battled against v0 after each round"}
     )
-    # round settings: None keeps the simulation default below (SIM_ROUND_DEFAULTS)
+    # round settings: None keeps production's (RoundConfig's defaults)
     learning_rate: float | None = field(default=None, metadata={"help": "round learning rate"})
     epochs: float | None = field(default=None, metadata={"help": "round epochs"})
     beta: float | None = field(default=None, metadata={"help": "DPO beta / ORPO lambda"})
     precision: str | None = field(default=None, metadata={"help": "round precision: auto, fp32 or bf16"})
-    # sampling settings: None keeps SIM_SAMPLING below
+    # sampling settings: None keeps production's (the home's ``sampling`` setting)
     temperature: float | None = field(default=None, metadata={"help": "sampling temperature"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling top_p"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "response length cap"})
@@ -76,18 +92,16 @@ class SimulationConfig:
             raise PrefloopError(f"method must be dpo or orpo, not {self.method!r}")
         if not 0.0 <= self.noise <= 1.0:
             raise PrefloopError(f"noise must be between 0 and 1, not {self.noise}")
+        if self.heldout_pairs is not None and self.heldout_pairs < 0:
+            raise PrefloopError(f"held-out pairs must be 0 or more, not {self.heldout_pairs}")
+        if self.seeds < 1:
+            raise PrefloopError(f"seeds must be at least 1, not {self.seeds}")
         return self
 
 
-# Why these (measured: README, "Does the loop learn?"): a round sees ~96 pairs of which the
-# concise judge ties some, so it gets ~85-90 rows. One epoch at 3e-4 per round is enough when
-# rounds compound (each trains on its parent's samples): v3 won 71-94% of held-out battles vs
-# v0 across seeds and precisions, in 14-37 min on 2 CPU cores. beta 0.1 is the usual DPO strength; a little NLL on the chosen
-# answer keeps answers fluent while they get shorter.
-SIM_ROUND_DEFAULTS: dict[str, Any] = {"learning_rate": 3e-4, "epochs": 1.0, "beta": 0.1, "precision": "auto"}
-# Diverse samples (temperature 1.0) give pairs whose lengths differ, which is the signal the
-# concise judge needs; 96 tokens keeps a CPU round short and most answers still finish.
-SIM_SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 96}
+ROUND_OVERRIDES = ("learning_rate", "epochs", "beta", "precision")  # None: RoundConfig's default
+SAMPLING_OVERRIDES = ("temperature", "top_p", "max_new_tokens")  # None: the home's sampling setting
+TIE_ALLOWANCE = 1.25  # gate pairs sampled per needed row: some pairs tie or are dropped as twins
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,21 +144,41 @@ def battles_of(store: Store, votes: list[dict]) -> list[arena.Battle]:
 
 
 def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int = 0):
-    """The RoundConfig for one simulated round: simulation defaults plus CLI overrides."""
+    """The RoundConfig for one simulated round: production's defaults plus CLI overrides."""
 
-    values = {k: getattr(config, k) if getattr(config, k) is not None else v
-              for k, v in SIM_ROUND_DEFAULTS.items()}
-    if config.method == "dpo":
-        values["nll_weight"] = 0.2
+    values = {k: getattr(config, k) for k in ROUND_OVERRIDES if getattr(config, k) is not None}
     return RoundConfig(
         method=config.method, seed=config.seed + round_index, min_new_pairs=min_new_pairs, **values
     ).validate()
 
 
-def sampling_params(config: SimulationConfig):
+def sampling_params(config: SimulationConfig, store: Store | None = None):
+    """Production's sampling (the home's setting, or the default) plus CLI overrides."""
 
-    values = {k: getattr(config, k) if getattr(config, k) is not None else v for k, v in SIM_SAMPLING.items()}
-    return SamplingParams(**values)
+    values = dict(store.get_setting("sampling") if store is not None else DEFAULT_SETTINGS["sampling"])
+    values.update({k: getattr(config, k) for k in SAMPLING_OVERRIDES if getattr(config, k) is not None})
+    return SamplingParams.from_dict(values)
+
+
+def heldout_pairs_wanted(store: Store, config: SimulationConfig) -> int:
+    """--heldout-pairs, or enough gate pairs for the gate minimum after ties."""
+    if config.heldout_pairs is not None:
+        return config.heldout_pairs
+    return -(-int(store.get_setting("gate_min_rows")) * 5 // 4)  # ceil(min_rows * TIE_ALLOWANCE)
+
+
+def cutoff_rate(store: Store, version: str, pair_ids: list[int] | None = None) -> float | None:
+    """Share of a version's responses that hit max_new_tokens (in these pairs, or all of them)."""
+    if pair_ids is not None:
+        reasons = []
+        for pair_id in pair_ids:
+            pair = store.pair(pair_id)
+            for side in ("a", "b"):
+                if store.require_version(pair[f"version_{side}_id"])["name"] == version:
+                    reasons.append(pair[f"finish_reason_{side}"])
+    else:
+        reasons = [g["finish_reason"] for g in store.generation_texts(split=None, version=version)]
+    return round(sum(r == "length" for r in reasons) / len(reasons), 4) if reasons else None
 
 
 def nothing_to_learn(store: Store, config: SimulationConfig, index: int, parent: str, counts: dict) -> str | None:
@@ -200,7 +234,13 @@ def run_simulation(
     if config.eval_prompts and store.count_prompts("heldout") == 0:
         raise PrefloopError("no held-out prompts to battle on: import some or pass --eval-prompts 0")
     annotator_id = simulated_annotator(store, voter)
-    params = sampling_params(config)
+    params = sampling_params(config, store)
+    if params.to_dict() != sampling_params(SimulationConfig(), store).to_dict():
+        store.set_setting("sampling", params.to_dict())  # the gate's length samples must use them too
+        log(f"sampling setting of this home set to {params.to_dict()} (the options given)")
+    gate_pairs = heldout_pairs_wanted(store, config)
+    if gate_pairs and store.count_prompts("heldout") == 0:
+        raise PrefloopError("no held-out prompts for the gate: import some or pass --heldout-pairs 0")
     started_all = time.perf_counter()
     results = []
     stopped = None
@@ -215,6 +255,15 @@ def run_simulation(
         )
         votes = judge_pairs(store, voter, annotator_id, pair_ids, rng)
         counts = {c: sum(v["choice"] == c for v in votes) for c in ("a", "b", "tie", "both_bad")}
+        gate_votes = []
+        if gate_pairs:
+            log(f"round {index + 1}: sampling {gate_pairs} gate pairs (held-out prompts) from {parent}")
+            gate_ids = sample_pairs(
+                store, parent, n_prompts=gate_pairs, split="heldout", params=params,
+                seed=config.seed * 1000 + 250 + index, purpose="train",
+                progress=_tqdm_progress(f"gate pairs {parent}") if progress else None,
+            )
+            gate_votes = judge_pairs(store, voter, annotator_id, gate_ids, rng)
         stopped = nothing_to_learn(store, config, index, parent, counts)
         if stopped:
             log(stopped)
@@ -227,18 +276,37 @@ def run_simulation(
                 f"round {finished['id']} ended {finished['status']} without a new version: "
                 f"{finished.get('error') or 'see prefloop rounds show ' + str(finished['id'])}"
             )
-        if store.active_version()["name"] != new["name"]:
-            models.promote(store, new["name"])  # the simulation promotes even past a failed gate
+        metrics = finished.get("metrics") or {}
+        verdict = metrics.get("gate") or {}
+        promoted = finished["status"] == "promoted"
+        if config.force_promote and store.active_version()["name"] != new["name"]:
+            if new["status"] == "rejected":
+                store.update_version(new["id"], status="candidate")
+            models.promote(store, new["name"])  # --force-promote: past any verdict
+        log(f"round {index + 1}: gate {verdict.get('decision')}: {verdict.get('reason')}")
         result = {
             "round": index + 1,
             "round_id": finished["id"],
             "version": new["name"],
             "parent": parent,
+            "active": store.active_version()["name"],
             "pairs": len(votes),
             "votes": counts,
+            "heldout_pairs": len(gate_votes),
+            "heldout_votes": {c: sum(v["choice"] == c for v in gate_votes) for c in ("a", "b", "tie", "both_bad")},
             "dataset_size": finished.get("dataset_size"),
-            "gate": (finished.get("metrics") or {}).get("gate"),
-            "heldout_accuracy": (finished.get("metrics") or {}).get("heldout_accuracy"),
+            "cut_off_answers_trained": metrics.get("cut_off_answers"),
+            "gate": {
+                "promoted": promoted,
+                "decision": verdict.get("decision"),
+                "reason": verdict.get("reason"),
+                "rows": verdict.get("rows"),
+                "accuracy": verdict.get("accuracy"),
+                "lower_bound": verdict.get("lower_bound"),
+                "guards": verdict.get("guards"),
+            },
+            "forced": bool(config.force_promote and not promoted),
+            "heldout_accuracy": metrics.get("heldout_accuracy"),
             "train_seconds": round(time.perf_counter() - started, 1),
         }
         if config.eval_prompts:
@@ -261,11 +329,14 @@ def run_simulation(
                 _battle_texts(store, battle_ids), baseline=base)}
             result["mean_words"] = lengths.get(new["name"], {}).get("mean_words")
             result["mean_words_v0"] = lengths.get(base, {}).get("mean_words")
+            result["cutoff_rate"] = cutoff_rate(store, new["name"], battle_ids)
+            result["cutoff_rate_v0_battles"] = cutoff_rate(store, base, battle_ids)
             log(
                 f"round {index + 1}: {new['name']} vs {base} win rate {rate.win_rate:.1%} "
                 f"[{rate.ci_low:.1%}, {rate.ci_high:.1%}] over {rate.battles} battles; mean words "
                 f"{result['mean_words']} vs {result['mean_words_v0']}"
             )
+        result.setdefault("cutoff_rate", metrics.get("cutoff_rate"))
         result["seconds"] = round(time.perf_counter() - started, 1)
         results.append(result)
     return {
@@ -275,7 +346,12 @@ def run_simulation(
         "seed": config.seed,
         "sampling": params.to_dict(),
         "round_config": {k: v for k, v in round_config(config, 0).to_dict().items()
-                         if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank")},
+                         if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank", "precision")},
+        "heldout_pairs_per_round": gate_pairs,
+        "force_promote": config.force_promote,
+        "v0": {"version": base, "cutoff_rate": cutoff_rate(store, base)},
+        "active": store.active_version()["name"],
+        "promoted": [r["version"] for r in results if r["gate"]["promoted"]],
         "rounds": results,
         "stopped": stopped,
         "seconds": round(time.perf_counter() - started_all, 1),
@@ -307,3 +383,90 @@ def _battle_texts(store: Store, pair_ids: list[int]) -> list[dict]:
             rows.append({"version": store.require_version(pair[f"version_{side}_id"])["name"],
                          "text": pair[f"text_{side}"]})
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# several seeds
+# --------------------------------------------------------------------------------------------
+def run_seeds(
+    store: Store,
+    config: SimulationConfig,
+    *,
+    judge: Judge | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """``config.seeds`` runs (seeds seed, seed+1, ...), each in a fresh home folder under this
+    one (``sim-seed-<n>``) holding this home's v0 (used in place) and its prompts; returns
+    {"seeds": [each run's result], "summary": mean and spread per round}."""
+
+    config.validate()
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    active = store.active_version()
+    if active is None:
+        raise PrefloopError("no active model version: run `prefloop init` first")
+    base = store.version_chain(active["name"])[0]
+    base_path = str(models.version_path(base))
+    prompts = [{"text": p["text"], "messages": p.get("messages"), "kind": p.get("kind"),
+                "source": p.get("source"), "split": p["split"]} for p in store.list_prompts()]
+    settings = {k: v for k, v in store.all_settings().items() if k != "active_version"}
+    home = Path(os.environ.get("PREFLOOP_HOME") or store.path.parent).resolve()
+    runs = []
+    for offset in range(config.seeds):
+        seed = config.seed + offset
+        folder = home / f"sim-seed-{seed}"
+        if folder.exists() and any(folder.iterdir()):
+            raise PrefloopError(f"{folder} exists and is not empty: remove it, or start from another --seed")
+        log(f"seed {seed}: a fresh home in {folder}")
+        previous = os.environ.get("PREFLOOP_HOME")
+        os.environ["PREFLOOP_HOME"] = str(folder)
+        models.clear_cache()
+        try:
+            seed_store = Store(folder / "prefloop.db")
+            models.create_base_version(seed_store, base_model=base_path, name=base["name"])
+            seed_store.add_prompts(prompts)
+            for key, value in settings.items():
+                seed_store.set_setting(key, value)
+            one = SimulationConfig(**{**config.__dict__, "seed": seed, "seeds": 1})
+            runs.append(run_simulation(seed_store, one, judge=judge, log=log, progress=progress))
+            seed_store.close()
+        finally:
+            if previous is None:
+                os.environ.pop("PREFLOOP_HOME", None)
+            else:
+                os.environ["PREFLOOP_HOME"] = previous
+            models.clear_cache()
+    return {"seeds": runs, "summary": summarise(runs)}
+
+
+def spread(values: list[float]) -> dict:
+    """mean, sample standard deviation, min and max of the values that are there."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    return {"n": len(values), "mean": round(statistics.fmean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            "min": round(min(values), 4), "max": round(max(values), 4)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per round over seeds: the candidate's win rate vs v0 and cut-off rate, how many promoted;
+    and the win rate of the version that was active at the end."""
+    rounds = max((len(r["rounds"]) for r in runs), default=0)
+    per_round = []
+    for i in range(rounds):
+        here = [r["rounds"][i] for r in runs if len(r["rounds"]) > i]
+        per_round.append({
+            "round": i + 1,
+            "runs": len(here),
+            "promoted": sum(1 for r in here if r["gate"]["promoted"]),
+            "win_rate_vs_v0": spread([r.get("win_rate_vs_v0") for r in here]),
+            "gate_accuracy": spread([r["gate"].get("accuracy") for r in here]),
+            "cutoff_rate": spread([r.get("cutoff_rate") for r in here]),
+        })
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "rounds": per_round,
+        "v0_cutoff_rate": spread([r["v0"]["cutoff_rate"] for r in runs]),
+        "final_active": [r["active"] for r in runs],
+    }

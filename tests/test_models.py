@@ -60,6 +60,69 @@ def test_adapter_chain_loads_exactly_like_its_merged_export(tiny_v0, tmp_path):
     assert not torch.allclose(chained_logits, v1_logits, atol=1e-3)  # v2's own adapter counts too
 
 
+def reference_merge(store, name: str) -> dict[str, torch.Tensor]:
+    """The chain merged by hand from the files on disk, in float64: W + (alpha / r) * B @ A per
+    adapter, base first. Shares no code with models.load_fresh or PEFT's merge."""
+    import json
+
+    from safetensors.torch import load_file
+
+    chain = store.version_chain(name)
+    weights = {k: v.double() for k, v in load_file(str(models.version_path(chain[0]) / "model.safetensors")).items()}
+    for version in chain[1:]:
+        folder = models.version_path(version)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        scale = config["lora_alpha"] / config["r"]
+        adapter = load_file(str(folder / "adapter_model.safetensors"))
+        for key, a in adapter.items():
+            if ".lora_A." not in key:
+                continue
+            b = adapter[key.replace(".lora_A.", ".lora_B.")]
+            target = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            weights[target] = weights[target] + scale * (b.double() @ a.double())
+    return weights
+
+
+def test_adapter_chain_matches_an_independent_reference_merge(tiny_v0):
+    store = tiny_v0
+    add_random_adapter(store, "v0", seed=1)
+    add_random_adapter(store, "v1", seed=2)
+    expected = reference_merge(store, "v2")
+    model, _ = models.load_fresh(store, "v2")
+    state = model.state_dict()
+    changed = 0
+    for key, want in expected.items():
+        got = state[key].double()
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5), key
+        changed += not torch.allclose(want, reference_merge(store, "v0")[key]) if "q_proj" in key else 0
+    assert changed > 0  # the adapters really moved the weights the reference compares
+
+
+def test_bf16_weights_are_the_float32_merge_cast_once(tiny_v0):
+    """Sampler, battles and gate run load_fresh's weights: the fp32 merge cast once, not a bf16 merge."""
+    store = tiny_v0
+    add_random_adapter(store, "v0", seed=1)
+    add_random_adapter(store, "v1", seed=2)
+    fp32, _ = models.load_fresh(store, "v2", dtype=torch.float32)
+    bf16, _ = models.load_fresh(store, "v2", dtype=torch.bfloat16)
+    cached, _ = models.load_version(store, "v2", dtype=torch.bfloat16)
+    want = {k: v.to(torch.bfloat16) for k, v in fp32.state_dict().items()}
+    for got in (bf16.state_dict(), cached.state_dict()):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    # what the old code did (each adapter merged into bf16 weights) is measurably different
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    chain = store.version_chain("v2")
+    old = AutoModelForCausalLM.from_pretrained(str(models.version_path(chain[0])), dtype=torch.bfloat16)
+    for version in chain[1:]:
+        old = PeftModel.from_pretrained(old, str(models.version_path(version)), autocast_adapter_dtype=False).merge_and_unload()
+    old_state = old.state_dict()
+    assert any(not torch.equal(old_state[k].to(torch.bfloat16), want[k]) for k in want)
+    with pytest.raises(models.ModelError, match="float32 only"):
+        models.merge_adapter(old, models.version_path(chain[1]))
+
+
 def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

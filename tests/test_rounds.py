@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -377,3 +378,135 @@ def test_lm_head_on_completions_only_gives_the_same_log_probs(tiny_model_dir):
     assert torch.equal(full.is_top1[labels[:, 1:] != -100], only.is_top1[labels[:, 1:] != -100])
     assert torch.allclose(full_grad, only_grad, atol=1e-5)
     assert not trl_utils._use_triton(torch.device("cpu"))  # restored
+
+
+# --------------------------------------------------------------------------------------------
+# issue 14: windows by pair, cut-off answers, learning checks
+# --------------------------------------------------------------------------------------------
+def _snapshot_rows(store, round_id, pair_id):
+    from prefloop.train.dataset import load_snapshot
+    from prefloop.train.rounds import round_dir
+
+    path = round_dir(round_id) / "dataset.jsonl"
+    return [r for r in load_snapshot(path) if r["pair_id"] == pair_id] if path.exists() else []
+
+
+def test_a_pairs_votes_are_learned_together_once(tiny_v0):
+    """Vote a, run a round, vote b twice: on 83dfaf7 round 1 learned a>b and round 2 b>a."""
+    from test_dataset import add_pair, judge
+
+    from prefloop.engine import models
+    from prefloop.errors import StoreError
+    from prefloop.train.rounds import run_round
+
+    store = ready_store(tiny_v0, heldout=0)
+    store.set_setting("promotion_min_accuracy", 0.0)  # 83dfaf7's gate off: round 1 promotes there
+    live = add_pair(store, "A live prompt?", "Short.", "A much longer answer that rambles on.", purpose="live", wanted=3)
+    judge(store, live, "ann1", "a")
+    first = new_round(store)
+    run_round(store, first)
+    if store.active_version()["name"] == "v0":
+        models.promote(store, "v1")  # today's gate waits (no held-out judgments): promote by hand
+    for name in ("ann2", "ann3"):
+        with contextlib.suppress(StoreError):  # a retired pair takes no more votes
+            judge(store, live, name, "b")
+    add_judged_pairs(store, 2, tag="more")
+    second = new_round(store)
+    run_round(store, second)
+    learned_rows = _snapshot_rows(store, first, live) + _snapshot_rows(store, second, live)
+    votes = [j["id"] for j in store.judgments() if j["pair_id"] == live]
+    assert len(learned_rows) == 1, learned_rows  # once, not split across rounds
+    assert sorted(learned_rows[0]["judgment_ids"]) == votes  # with every vote the pair got
+    assert store.pair(live)["status"] == "retired"  # live pairs retire on promotion like the rest
+
+
+def test_an_open_pair_waits_for_its_last_vote(tiny_v0):
+    """A pair still wanting votes is in no window; closed, it joins the next one with all its votes."""
+    from test_dataset import add_pair, judge
+
+    from prefloop.train.dataset import build_preference_rows, window_pair_ids
+
+    store = ready_store(tiny_v0, heldout=0)
+    pair = add_pair(store, "Three votes wanted?", "Short.", "A much longer answer that goes on.", wanted=3)
+    judge(store, pair, "ann1", "a")
+    first = new_round(store)
+    assert pair not in store.round_pair_ids(first) and len(store.round_pair_ids(first)) == 6
+    judge(store, pair, "ann2", "b")
+    judge(store, pair, "ann3", "b")
+    store.update_round(first, status="trained")
+    assert window_pair_ids(store) == [pair]
+    second = new_round(store)
+    [row] = build_preference_rows(store, pair_ids=store.round_pair_ids(second))
+    assert row["source"] == "vote:b" and len(row["judgment_ids"]) == 3
+    # a failed round gives its window back
+    store.update_round(second, status="failed")
+    assert window_pair_ids(store) == [pair]
+
+
+def _cut_off_pair(store, prompt, chosen_cut, rejected_cut):
+    from test_dataset import judge
+
+    version = store.active_version()
+    store.add_prompts([{"text": prompt, "split": "train", "source": "test"}])
+    prompt_id = next(p["id"] for p in store.list_prompts() if p["text"] == prompt)
+    gen = lambda text, seed, cut: {"version_id": version["id"], "text": text, "seed": seed, "params": {},  # noqa: E731
+                                    "finish_reason": "length" if cut else "stop", "completion_tokens": 9}
+    pair = store.add_pair(prompt_id, gen("Chosen answer that", 1, chosen_cut),
+                          gen("Rejected answer which also", 2, rejected_cut), judgments_wanted=1)
+    judge(store, pair, "ann", "a")
+    return pair
+
+
+def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch):
+    from prefloop.train import rounds
+    from prefloop.train.dataset import build_preference_rows
+
+    store = tiny_v0
+    store.set_setting("min_new_pairs", 1)
+    cases = {_cut_off_pair(store, f"Cut case {i}?", c, r): (c, r)
+             for i, (c, r) in enumerate([(True, False), (False, True), (False, False), (True, True)])}
+    rows = {r["pair_id"]: r for r in build_preference_rows(store)}
+    assert {p: (rows[p]["chosen_cut_off"], rows[p]["rejected_cut_off"]) for p in cases} == cases
+    seen = {}
+    real = rounds._make_trainer
+
+    def spy(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        seen["data"] = trainer.train_dataset
+        return trainer
+
+    monkeypatch.setattr(rounds, "_make_trainer", spy)
+    rounds.run_round(store, new_round(store, max_steps=1))
+    eos = 2  # <|im_end|>
+    data = seen["data"]
+    by_text = {}
+    for row in data:
+        by_text[tuple(row["chosen_ids"])] = row
+    assert len(data) == 4
+    ends = sorted((eos in row["chosen_ids"], eos in row["rejected_ids"]) for row in data)
+    # a finished answer ends with <|im_end|> "\n"; a cut-off one where it was cut
+    assert ends == sorted((not c, not r) for c, r in cases.values())
+    assert "chosen_cut_off" not in data.column_names
+
+
+def test_heldout_scoring_leaves_the_end_of_turn_off_cut_off_answers(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from prefloop.engine.heldout import _encode
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    prompt = [{"role": "user", "content": "Hi?"}]
+    answer = [{"role": "assistant", "content": "Hello there"}]
+    finished, start = _encode(tokenizer, prompt, answer, 512, True)
+    cut, start_cut = _encode(tokenizer, prompt, answer, 512, False)
+    assert start == start_cut and finished[: len(cut)] == cut
+    assert cut[-1] != tokenizer.eos_token_id and tokenizer.eos_token_id in finished[start:]
+
+
+def test_warmup_never_takes_a_rounds_only_step():
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import warmup_steps
+
+    assert warmup_steps(RoundConfig(epochs=1.0), 8) == 0  # one step: at full rate (TRL's ceil gave 1)
+    assert warmup_steps(RoundConfig(epochs=2.0), 48) == 1  # 12 steps
+    assert warmup_steps(RoundConfig(max_steps=3), 999) == 0

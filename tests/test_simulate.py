@@ -8,7 +8,9 @@ import pytest
 
 from prefloop.errors import JudgeError, PrefloopError
 from prefloop.evaluate import judges
+from prefloop.train.config import RoundConfig
 from tests.sim_judges import always_tie, decisive
+from tests.training_checks import assert_unchanged, base_state, learned
 
 LIST = "Here you go:\n- first\n- second\n- third"
 PROSE = "Here you go: first, then second, and third, all in one sentence for you."
@@ -80,8 +82,9 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
     _prompts(store, train=10, heldout=6)
     config = SimulationConfig(
         rounds=2, pairs_per_round=8, eval_prompts=6, max_new_tokens=12, epochs=1.0,
-        learning_rate=1e-3, seed=3, bootstrap=200, precision="fp32",
+        learning_rate=1e-3, seed=3, bootstrap=200, precision="fp32", force_promote=True, heldout_pairs=4,
     )
+    before = base_state(store)
     result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
     assert result["stopped"] is None
     assert [r["version"] for r in result["rounds"]] == ["v1", "v2"]
@@ -89,6 +92,13 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
         assert 0.0 <= r["ci_low"] <= r["win_rate_vs_v0"] <= r["ci_high"] <= 1.0
         assert r["pairs"] > 0 and r["battles"] == 6 and r["seconds"] > 0
         assert r["mean_words"] is not None
+        # too few held-out judgments for a verdict: the gate waits, --force-promote promotes anyway
+        assert r["gate"]["decision"] == "wait" and r["gate"]["promoted"] is False and r["forced"] is True
+        assert set(r["gate"]) >= {"promoted", "reason", "rows", "accuracy", "lower_bound", "guards"}
+        assert r["heldout_pairs"] == 4 and r["cutoff_rate"] == 1.0  # a random tiny model never stops
+        assert learned(store, r["version"])  # trainable parameters moved off their init
+    assert result["v0"]["cutoff_rate"] == 1.0
+    assert_unchanged(before, base_state(store))  # base weights did not move
     assert store.active_version()["name"] == "v2"
     # lineage is real: every vote belongs to the simulated annotator and names its pair
     voter = store.annotator_by_name("sim-decisive")
@@ -98,9 +108,29 @@ def test_simulated_loop_end_to_end_on_tiny_model(tiny_v0):
     assert len(arena_votes) == 12 and all({j["version_a"], j["version_b"]} & {"v0"} for j in arena_votes)
     rounds = store.list_rounds()
     assert len(rounds) == 2 and all(r["status"] in ("promoted", "trained") for r in rounds)
-    assert {r["config"]["precision"] for r in rounds} == {"fp32"} and {r["config"]["nll_weight"] for r in rounds} == {0.2}
+    assert {r["config"]["precision"] for r in rounds} == {"fp32"}
+    assert {r["config"]["nll_weight"] for r in rounds} == {RoundConfig().nll_weight}  # production's default
+    assert all(r["metrics"]["steps"] >= 1 and r["metrics"]["final"].get("learning_rate", 1) > 0 for r in rounds)
     assert [store.version(r["new_version_id"])["name"] for r in rounds] == ["v1", "v2"]
     assert store.version("v2")["parent_id"] == store.version("v1")["id"]
+
+
+def test_simulation_runs_the_gate_like_production(tiny_v0):
+    """Without --force-promote a candidate the gate does not pass leaves its parent active, and the
+    next round trains the parent again, on new judgments only."""
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=10, heldout=6)
+    config = SimulationConfig(rounds=2, pairs_per_round=4, eval_prompts=0, max_new_tokens=8, learning_rate=1e-3,
+                              seed=5, heldout_pairs=3)
+    result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
+    assert [r["gate"]["decision"] for r in result["rounds"]] == ["wait", "wait"]  # 3-6 rows < 30
+    assert [r["parent"] for r in result["rounds"]] == ["v0", "v0"] and result["active"] == "v0"
+    assert result["promoted"] == [] and store.active_version()["name"] == "v0"
+    assert result["rounds"][1]["gate"]["rows"] > result["rounds"][0]["gate"]["rows"]  # held-out evidence accumulates
+    windows = [set(store.round_pair_ids(r["id"])) for r in store.list_rounds()]
+    assert windows[0] and windows[1] and not windows[0] & windows[1]  # each pair learned once
 
 
 def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
@@ -115,7 +145,8 @@ def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
         calls.append(1)
         return decisive(prompt, a, b) if len(calls) <= 4 else "tie"
 
-    config = SimulationConfig(rounds=3, pairs_per_round=4, eval_prompts=0, max_new_tokens=6, seed=1)
+    config = SimulationConfig(rounds=3, pairs_per_round=4, eval_prompts=0, max_new_tokens=6, seed=1,
+                              force_promote=True, heldout_pairs=0)
     messages = []
     result = run_simulation(store, config, judge=tired, progress=False, log=messages.append)
     assert [r["version"] for r in result["rounds"]] == ["v1"]
@@ -124,7 +155,8 @@ def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
     assert store.active_version()["name"] == "v1" and len(store.list_rounds()) == 1
     assert [j["choice"] for j in store.judgments()][-4:] == ["tie"] * 4  # the votes are still recorded
 
-    result = run_simulation(store, SimulationConfig(rounds=1, pairs_per_round=4, eval_prompts=0, max_new_tokens=6),
+    result = run_simulation(store, SimulationConfig(rounds=1, pairs_per_round=4, eval_prompts=0, max_new_tokens=6,
+                                                    heldout_pairs=0),
                             judge=always_tie, progress=False, log=lambda m: None)
     assert result["rounds"] == [] and "0 of 1 rounds ran" in result["stopped"]
     assert store.active_version()["name"] == "v1" and len(store.list_rounds()) == 1

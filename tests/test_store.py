@@ -30,6 +30,7 @@ EXPECTED_SCHEMA = {
                "started_at": str, "finished_at": str, "heartbeat_at": str},
     "sessions": {"token_hash": str, "annotator_id": int, "created_at": str, "expires_at": str},
     "settings": {"key": str, "value": str},
+    "round_pairs": {"round_id": int, "pair_id": int},
 }
 
 
@@ -55,7 +56,7 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 2
+    assert again.scalar("select count(*) from _sqlite_migrations") == 3
 
 
 def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):

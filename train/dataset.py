@@ -9,6 +9,16 @@ Rules (one place, so a dataset can be explained from its judgments):
   annotators (their answer is known in advance and they are shown to many people), so they are
   left out too, rather than weighted by how often they were served. The held-out split includes
   arena judgments: a human preference on a held-out prompt is exactly what accuracy is measured on.
+* Windows by pair. A round learns from a set of *closed* pairs (done or retired), chosen when
+  the round is created and recorded in ``round_pairs``: every vote of a pair is aggregated
+  together, once, in the one round whose window holds the pair. A pair still open (waiting for
+  more votes) waits for a later round; promotion retires the open pairs of older versions, so
+  they close too. (Windows by judgment id split a pair's votes across rounds: issue 14.)
+* Cut-off answers. A response that hit ``max_new_tokens`` (``finish_reason`` "length") is marked
+  ``chosen_cut_off`` / ``rejected_cut_off`` in rows and exports, and is trained *without* the
+  end-of-turn token (prefloop.train.rounds strips it after TRL's tokenising): a cut-off winner
+  must not teach "stop here". Kept rather than left out because the pairs where one answer
+  finished and the other did not carry a taste for finished answers (README, "Cut-off answers").
 * Several votes on one pair: the plurality choice among a / b / tie / both_bad wins; a row is
   made only when a or b wins outright (a draw for first place, tie or both_bad winning: no row).
 * A better answer written by anyone, with any vote, becomes ``chosen`` against each of the two
@@ -36,21 +46,46 @@ TRAIN_PURPOSES = ("train", "live")
 HELDOUT_PURPOSES = ("train", "live", "arena")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
+CUT_OFF_COLUMNS = ("chosen_cut_off", "rejected_cut_off")
 
 
-def build_preference_rows(store: Store, since_judgment_id: int = 0, split: str = "train") -> list[dict]:
-    """Preference rows from judgments newer than ``since_judgment_id`` on prompts of ``split``."""
+def build_preference_rows(
+    store: Store, since_judgment_id: int = 0, split: str = "train", pair_ids: Iterable[int] | None = None
+) -> list[dict]:
+    """Preference rows from judgments on prompts of ``split`` (newer than ``since_judgment_id``;
+    only on ``pair_ids`` when given: a round's window)."""
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     purposes = TRAIN_PURPOSES if split == "train" else HELDOUT_PURPOSES
+    wanted = None if pair_ids is None else set(pair_ids)
     by_pair: dict[int, list[dict]] = defaultdict(list)
     for judgment in store.judgments(since_id=since_judgment_id, purposes=purposes):
-        if judgment["split"] == split:
+        if judgment["split"] == split and (wanted is None or judgment["pair_id"] in wanted):
             by_pair[judgment["pair_id"]].append(judgment)
     rows: list[dict] = []
     for pair_id in sorted(by_pair):
         rows.extend(_rows_for_pair(by_pair[pair_id]))
     return rows
+
+
+def window_pair_ids(store: Store, all_judgments: bool = False) -> list[int]:
+    """The pairs a round created now would learn from: closed train/live pairs on train prompts
+    that no earlier round took (every closed one with ``all_judgments``)."""
+    return store.unclaimed_closed_pair_ids(TRAIN_PURPOSES, include_claimed=all_judgments)
+
+
+def gate_rows(store: Store, version: dict) -> list[dict]:
+    """Held-out judgments on pairs sampled from ``version`` alone (both answers its own): the
+    evidence its candidates are gated on. They accumulate while the version stays active."""
+    return [
+        row for row in build_preference_rows(store, split="heldout")
+        if row["version_a"] == row["version_b"] == version["name"] and row["purpose"] in TRAIN_PURPOSES
+    ]
+
+
+def is_cut_off(finish_reason: str | None) -> bool:
+    """A response that hit max_new_tokens; unknown (None: imported, hand-made) counts as finished."""
+    return finish_reason == "length"
 
 
 def _rows_for_pair(votes: list[dict]) -> list[dict]:
@@ -63,6 +98,7 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
         "version_a": first["version_a"],
         "version_b": first["version_b"],
     }
+    cut = {"text_a": is_cut_off(first.get("finish_reason_a")), "text_b": is_cut_off(first.get("finish_reason_b"))}
     rows = []
     winner = _plurality([v["choice"] for v in votes])
     if winner in ("a", "b"):
@@ -73,6 +109,8 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
                 "chosen": _assistant(first[chosen]),
                 "rejected": _assistant(first[rejected]),
                 **lineage,
+                "chosen_cut_off": cut[chosen],
+                "rejected_cut_off": cut[rejected],
                 "source": f"vote:{winner}",
                 "judgment_ids": [v["id"] for v in votes],
             }
@@ -92,6 +130,8 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
                     "chosen": _assistant(better),
                     "rejected": _assistant(first[side]),
                     **lineage,
+                    "chosen_cut_off": False,  # written by a person: finished by definition
+                    "rejected_cut_off": cut[side],
                     "source": f"better_answer_vs_{side[-1]}",
                     "judgment_ids": [vote["id"]],
                 }
@@ -120,15 +160,21 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def training_columns(rows: list[dict]) -> list[dict]:
-    """Only the columns a TRL trainer should see."""
-    return [{k: row[k] for k in TRL_COLUMNS} for row in rows]
+def training_columns(rows: list[dict], cut_off_flags: bool = False) -> list[dict]:
+    """Only the columns a TRL trainer should see (plus the two cut-off flags when asked: the
+    round reads them to strip the end-of-turn token from cut-off answers, then drops them)."""
+    keys = TRL_COLUMNS + (CUT_OFF_COLUMNS if cut_off_flags else ())
+    return [{k: bool(row.get(k)) if k in CUT_OFF_COLUMNS else row[k] for k in keys} for row in rows]
 
 
 def dataset_hash(rows: list[dict]) -> str:
-    """sha256 of what is trained on (prompt, chosen, rejected, in order): same data, same hash."""
+    """sha256 of what is trained on (prompt, chosen, rejected, in order, and which answers are
+    cut off, since those train without an end-of-turn token): same data, same hash."""
     digest = hashlib.sha256()
-    for row in training_columns(rows):
+    for row in training_columns(rows, cut_off_flags=True):
+        for key in CUT_OFF_COLUMNS:
+            if not row[key]:
+                del row[key]  # finished answers hash as before cut-off flags existed
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()

@@ -10,22 +10,22 @@ The life of a round, in the order the code below runs it:
    fresh copy of the parent (never the shared cached one), wrap it in a LoRA adapter and train
    with TRL. With PEFT and ``ref_model=None`` DPO's reference is the adapter-disabled model, i.e.
    exactly the parent. Progress, per-step metrics and a heartbeat go to the database as they
-   happen. The held-out preference accuracy is measured on the trained adapter before anything is
-   written, then the adapter is registered atomically as a ``candidate`` version whose card names
-   its parent, method, config, data hash and size, judgment ids and metrics.
-3. Gate: the candidate is promoted when its held-out accuracy reaches the setting
-   ``promotion_min_accuracy`` and its parent is still the active version. With no held-out
-   judgments there is nothing to measure: the round records "no held-out judgments" and promotes
-   only when ``promotion_min_accuracy`` is 0 (a maintainer who sets 0 opts out of the gate);
-   otherwise the candidate waits for a maintainer (``prefloop rounds promote ID``).
+   happen. The adapter is registered atomically as a ``candidate`` version whose card names its
+   parent, method, config, data hash and size, judgment ids and metrics.
+3. Gate (prefloop.train.gate): the candidate, merged exactly as the sampler will run it, is
+   judged on fresh held-out judgments of its parent's own answers: enough of them, an agreement
+   rate whose 95% lower bound clears 50%, and drift guards (length, chosen log-prob, KL). The
+   verdict, with every number, goes on the round and the version card. "promote" promotes it
+   when its parent is still active; "wait" (too few held-out judgments) leaves a candidate for
+   a maintainer (``prefloop rounds promote ID``); "reject" marks it rejected.
 4. Any exception marks the round ``failed`` with a readable reason; the active version is never
    touched before step 3 and no version is listed before its files are complete. A child that is
    killed outright (SIGKILL, OOM killer) cannot say so itself: ``reap_dead_rounds`` notices that
    its pid is gone or its heartbeat stopped, and marks the round failed.
 
-Which judgments a round learns from: those newer than the judgment range of the round that made
-the parent (iterative DPO trains each version on pairs sampled from it); a parent that came from
-no round (v0) learns from all of them. ``all_judgments=True`` uses every train judgment.
+Which judgments a round learns from: its window, the closed train pairs that no earlier round
+took (prefloop.train.dataset), fixed when the round is created and recorded in ``round_pairs``;
+every vote of a pair is learned together, once. ``all_judgments=True`` takes every closed pair.
 """
 
 from __future__ import annotations
@@ -44,15 +44,18 @@ from typing import Callable
 
 from prefloop.db.store import Store, now, prefloop_home
 from prefloop.engine import models
-from prefloop.engine.heldout import reward_margins
+from prefloop.engine.generation import sampling_dtype
 from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.errors import PrefloopError, RoundError
+from prefloop.train import gate
 from prefloop.train.config import RoundConfig
 from prefloop.train.dataset import (
     build_preference_rows,
+    gate_rows,
     judgment_range,
     save_snapshot,
     training_columns,
+    window_pair_ids,
 )
 
 ACTIVE_STATUSES = ("pending", "running")
@@ -72,27 +75,16 @@ def round_dir(round_id: int) -> Path:
 # --------------------------------------------------------------------------------------------
 # readiness and starting
 # --------------------------------------------------------------------------------------------
-def data_start(store: Store, parent: str, config: RoundConfig) -> int:
-    """Judgment id after which this round's data begins (see the module docstring)."""
-    if config.all_judgments:
-        return 0
-    for version in reversed(store.version_chain(parent)):
-        span = version["card"].get("judgment_id_range")
-        if span:
-            return int(span[1])
-    return 0
-
-
 def readiness(store: Store, config: RoundConfig | None = None) -> dict:
     """How many new preference rows there are for the active version, and how many are needed."""
     config = config or RoundConfig()
     active = store.active_version()
     if active is None:
         raise RoundError("no active model version: run `prefloop init` (or create v0) first")
-    since = data_start(store, active["name"], config)
-    have = len(build_preference_rows(store, since_judgment_id=since))
+    window = window_pair_ids(store, all_judgments=config.all_judgments)
+    have = len(build_preference_rows(store, pair_ids=window)) if window else 0
     need = config.min_new_pairs if config.min_new_pairs is not None else int(store.get_setting("min_new_pairs"))
-    return {"parent": active["name"], "since_judgment_id": since, "have": have, "need": need, "ready": have >= max(need, 1)}
+    return {"parent": active["name"], "pairs": len(window), "have": have, "need": need, "ready": have >= max(need, 1)}
 
 
 def create_round(store: Store, config: RoundConfig) -> int:
@@ -115,6 +107,7 @@ def create_round(store: Store, config: RoundConfig) -> int:
         )
     parent = store.require_version(state["parent"])
     round_id = store.create_round(config.method, parent["id"], config.to_dict())
+    store.claim_round_pairs(round_id, window_pair_ids(store, all_judgments=config.all_judgments))
     store.update_round(round_id, metrics={"judgment_watermark": store.latest_judgment_id()})
     return round_id
 
@@ -351,9 +344,9 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     round_id = current["id"]
     parent = store.require_version(current["parent_version_id"])
     started = time.monotonic()
-    since = data_start(store, parent["name"], config)
     tokenizer = models.load_tokenizer(store, parent["name"])
-    rows, too_long = _fit_prompt_length(build_preference_rows(store, since_judgment_id=since), tokenizer, config)
+    window = store.round_pair_ids(round_id)
+    rows, too_long = _fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer, config)
     if not rows:
         raise RoundError(
             "no preference rows to train on"
@@ -373,8 +366,11 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     clock.lap("load")
     # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
     fields = settings(config, on_gpu, folder)
+    fields["warmup_steps"] = warmup_steps(config, len(rows))
     with _completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
-        trainer = _make_trainer(model, tokenizer, training_columns(rows), config, on_gpu, store, round_id, main, fields)
+        trainer = _make_trainer(
+            model, tokenizer, training_columns(rows, cut_off_flags=True), config, on_gpu, store, round_id, main, fields
+        )
         clock.lap("prepare")
         output = trainer.train()
         clock.lap("train")
@@ -383,25 +379,17 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
 
     store.update_round(round_id, progress=0.92)
-    heldout_rows = build_preference_rows(store, split="heldout")
-    accuracy = _adapter_accuracy(peft_model, tokenizer, heldout_rows, config.max_length) if heldout_rows else None
-    clock.lap("heldout")
     final = _last_values(store.round_metrics(round_id))
     metrics = {
         "train_loss": output.training_loss,
         "steps": output.global_step,
-        "train_runtime_s": round(time.monotonic() - started, 1),
-        "phase_s": clock.phases,
-        "peak_rss_mb": peak_rss_mb(),
         "final": final,
-        "heldout_accuracy": accuracy,
-        "heldout_rows": len(heldout_rows),
         "left_out_long_prompts": too_long,
+        "cut_off_answers": sum(bool(r.get("chosen_cut_off")) + bool(r.get("rejected_cut_off")) for r in rows),
         "judgment_id_range": span,
+        "window_pairs": len(window),
         "judgment_watermark": current["metrics"].get("judgment_watermark"),
     }
-    if accuracy is None:
-        metrics["heldout_note"] = "no held-out judgments"
     card = {
         "method": config.method,
         "round_id": round_id,
@@ -409,31 +397,63 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         "dataset_hash": digest,
         "dataset_size": len(rows),
         "judgment_id_range": span,
-        "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final", "heldout_accuracy", "heldout_rows")},
+        "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final")},
     }
     version = models.register_adapter_version(store, parent["name"], peft_model.save_pretrained, card)
     clock.lap("save")
-    metrics["phase_s"] = clock.phases
-    store.update_round(round_id, new_version_id=version["id"], progress=0.97)
+    store.update_round(round_id, new_version_id=version["id"], progress=0.94)
+    del trainer, peft_model, model  # the gate loads the candidate as the sampler will run it
 
-    threshold = float(store.get_setting("promotion_min_accuracy"))
+    verdict = run_gate(store, parent, version, config, seed=config.seed)
+    clock.lap("gate")
+    metrics.update(
+        heldout_accuracy=verdict["accuracy"], heldout_rows=verdict["rows"], gate=verdict,
+        cutoff_rate=(verdict["guards"]["length_ratio"].get("candidate_cutoff_rate")),
+        train_runtime_s=round(time.monotonic() - started, 1), phase_s=clock.phases, peak_rss_mb=peak_rss_mb(),
+    )
+    card["metrics"].update(heldout_accuracy=verdict["accuracy"], heldout_rows=verdict["rows"], gate=verdict)
+    store.update_version(version["id"], card={**version["card"], "metrics": card["metrics"]})
+
     active = store.active_version()
     still_parent = active is not None and active["id"] == parent["id"]
-    if accuracy is None:
-        passed = threshold <= 0
-    else:
-        passed = accuracy >= threshold
-    if passed and still_parent:
+    if verdict["decision"] == "promote" and still_parent:
         models.promote(store, version["name"])
-        status, verdict = "promoted", "promoted: passed the gate"
-    elif passed:
-        status, verdict = "trained", f"passed the gate, but {parent['name']} is no longer active: promote by hand"
+        status = "promoted"
+    elif verdict["decision"] == "promote":
+        status = "trained"
+        verdict["reason"] += f"; but {parent['name']} is no longer active: promote by hand"
+    elif verdict["decision"] == "reject":
+        models.reject(store, version["name"])
+        status = "rejected"
     else:
-        shown = "no held-out judgments" if accuracy is None else f"held-out accuracy {accuracy:.3f}"
-        status, verdict = "trained", f"awaiting a maintainer: {shown} < {threshold}"
-    metrics["gate"] = {"threshold": threshold, "passed": passed, "verdict": verdict}
+        status = "trained"
+        verdict["reason"] += "; the candidate waits (prefloop rounds promote ID to override)"
+    verdict["verdict"] = f"{verdict['decision']}: {verdict['reason']}"  # the one line the CLI shows
     store.update_round(round_id, status=status, metrics=metrics, progress=1.0, finished_at=now())
     return {"round_id": round_id, "version": version["name"], "status": status, **metrics}
+
+
+def run_gate(store: Store, parent: dict, version: dict, config: RoundConfig, seed: int = 0) -> dict:
+    """Score a registered candidate against its parent on the parent's held-out judgments.
+
+    Both are loaded as the sampler runs them (float32 merge, cast once to the sampling dtype),
+    then upcast to float32 to score; the length guard samples the candidate in the sampling dtype.
+    """
+
+    settings = gate.GateSettings.from_store(store)
+    rows = gate_rows(store, parent)
+    device = models.default_device()
+    dtype = sampling_dtype(device)
+    candidate, tokenizer = models.load_fresh(store, version["name"], device, dtype)
+    lengths = None
+    if len(rows) >= settings.min_rows:
+        lengths = gate.sample_lengths(store, candidate, tokenizer, parent, rows, seed=seed)
+    scored = []
+    if rows:
+        reference, _ = models.load_fresh(store, parent["name"], device, dtype)
+        scored = gate.score_rows(candidate.float(), reference.float(), tokenizer, rows, max_length=config.max_length)
+        del reference
+    return gate.verdict(scored, settings, lengths)
 
 
 def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tuple[list[dict], int]:
@@ -444,6 +464,20 @@ def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tupl
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length:
             kept.append(row)
     return kept, len(rows) - len(kept)
+
+
+def warmup_steps(config: RoundConfig, n_rows: int) -> int:
+    """Whole warmup steps: ``warmup_ratio`` of the round's optimizer steps, rounded *down*.
+
+    Given a ratio, transformers rounds up, so a round of one step spent it at learning rate 0 and
+    learned nothing (issue 14); rounding down leaves at least one step at full rate.
+    """
+    if config.max_steps > 0:
+        total = config.max_steps
+    else:
+        batches = math.ceil(n_rows / config.batch_size)
+        total = math.ceil(config.epochs * max(1, batches // config.gradient_accumulation))
+    return int(config.warmup_ratio * total)
 
 
 def recipe_settings(config: RoundConfig, folder: Path) -> dict:
@@ -457,7 +491,7 @@ def recipe_settings(config: RoundConfig, folder: Path) -> dict:
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        warmup_steps=config.warmup_ratio,  # a ratio; _train replaces it by whole steps (warmup_steps())
         beta=config.beta,
         seed=config.seed,
         save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
@@ -542,19 +576,70 @@ def _make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, sto
     dataset = Dataset.from_list(sorted(rows, key=_row_length))
     callbacks = [_progress_callback(store, round_id)] if main else []
     if config.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig
 
         # ref_model=None with a peft_config: the reference is the adapter-disabled model, the parent.
-        return DPOTrainer(
+        return _cut_off_aware(config.method)(
             model=model, ref_model=None, args=DPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
             peft_config=peft_config, callbacks=callbacks,
         )
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    from trl.experimental.orpo import ORPOConfig
 
-    return ORPOTrainer(
+    return _cut_off_aware(config.method)(
         model=model, args=ORPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, callbacks=callbacks,
     )
+
+
+END_OF_TURN_WINDOW = 3  # the chat template's end of an answer: <|im_end|> "\n" (ORPO adds one more <|im_end|>)
+
+
+def strip_end_of_turn(ids: list[int], eos_id: int) -> list[int]:
+    """A cut-off answer's tokens without the end-of-turn the chat template (and TRL) appended:
+    everything from the first end-of-sequence token among the last few."""
+    tail = len(ids) - END_OF_TURN_WINDOW
+    for i in range(max(0, tail), len(ids)):
+        if ids[i] == eos_id:
+            return ids[:i]
+    return ids
+
+
+def _cut_off_aware(method: str):
+    """TRL's trainer, but answers flagged ``chosen_cut_off`` / ``rejected_cut_off`` train without
+    the end-of-turn token: stripped after TRL tokenises and before DPO's reference pass runs."""
+    if method == "dpo":
+        from trl import DPOTrainer
+
+        class CutOffAwareDPOTrainer(DPOTrainer):
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+                if "chosen_cut_off" not in dataset.column_names:
+                    return dataset
+                eos = self._tokenizer.eos_token_id
+
+                def strip(row):
+                    for side in ("chosen", "rejected"):
+                        if row[f"{side}_cut_off"]:
+                            row[f"{side}_ids"] = strip_end_of_turn(row[f"{side}_ids"], eos)
+                    return row
+
+                return dataset.map(strip).remove_columns(["chosen_cut_off", "rejected_cut_off"])
+
+        return CutOffAwareDPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    class CutOffAwareORPOTrainer(ORPOTrainer):
+        def tokenize_row(self, feature, model=None):
+            out = super().tokenize_row(feature, model)
+            eos = self.processing_class.eos_token_id
+            for side in ("chosen", "rejected"):
+                if feature.get(f"{side}_cut_off"):
+                    ids = strip_end_of_turn(out[f"{side}_input_ids"], eos)
+                    for key in ("input_ids", "attention_mask", "labels"):
+                        out[f"{side}_{key}"] = out[f"{side}_{key}"][: len(ids)]
+            return out
+
+    return CutOffAwareORPOTrainer
 
 
 def _row_length(row: dict) -> int:
@@ -598,15 +683,6 @@ def _progress_callback(store: Store, round_id: int):
                 store.add_round_metrics(round_id, state.global_step, numeric)
 
     return ProgressCallback()
-
-
-def _adapter_accuracy(peft_model, tokenizer, rows: list[dict], max_length: int) -> float:
-    """Held-out accuracy of the trained adapter against its parent (the adapter switched off)."""
-
-    policy = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
-    with peft_model.disable_adapter():
-        reference = reward_margins(peft_model, tokenizer, rows, max_length=max_length)
-    return sum(1 for p, r in zip(policy, reference) if p - r > 0) / len(rows)
 
 
 class _PhaseClock:
