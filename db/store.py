@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import sqlite_utils
+from prefloop.db.files import create_private_file, make_private_home
 from prefloop.errors import StoreError
+from prefloop.safetext import validate_version_name
 from sqlite_utils import Migrations
 
 SCHEMA_VERSION_SET = "prefloop"
@@ -302,7 +304,7 @@ class Store:
         self.path = Path(path) if path else prefloop_home() / "prefloop.db"
         self._local = threading.local()
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_home(self.path, tighten_folder=path is None)  # folder 0700, database (and WAL, SHM) 0600
         if migrate:
             self.migrate()
 
@@ -380,6 +382,7 @@ class Store:
 
     def backup_to(self, target: str | Path) -> None:
         """Consistent copy while others write: SQLite's online backup API."""
+        create_private_file(Path(target))  # 0600 before the first byte: it holds password hashes
         dest = sqlite3.connect(str(target))
         try:
             self.db.conn.backup(dest)
@@ -544,7 +547,9 @@ class Store:
         rows = self.rows(
             "select p.*, (select count(*) from pairs x join generations g on g.id = x.generation_a_id "
             "  where x.prompt_id = p.id and g.version_id = :v and x.purpose = 'train') as n "
-            "from prompts p where p.split = :split order by n, random() limit :limit",
+            # an annotator's live prompt is theirs: never sampled for other annotators
+            "from prompts p where p.split = :split and p.source != 'live' "
+            "order by n, random() limit :limit",
             {"v": version_id, "split": split, "limit": limit},
         )
         return [_decode_prompt(r) for r in rows]
@@ -559,6 +564,7 @@ class Store:
         status: str = "ready",
         card: dict | None = None,
     ) -> int:
+        validate_version_name(name)
         with self.write() as db:
             if db.execute("select 1 from model_versions where name = ?", [name]).fetchone():
                 raise StoreError(f"model version {name!r} already exists")
