@@ -21,6 +21,7 @@ from prefloop.service.scheduler import Scheduler
 from prefloop.service.setup import describe_initialisation, ensure_initialised
 from prefloop.ui import annotate as ui
 from prefloop.ui import evaluate as evaluate_tab
+from prefloop.ui import server
 from prefloop.ui import train as train_tab
 
 OPTIONAL_TABS = (  # (label, builder, role); each tab re-checks roles in its own handlers
@@ -32,6 +33,9 @@ OPTIONAL_TABS = (  # (label, builder, role); each tab re-checks roles in its own
 
 def build_app(store):
     """The whole app: a sign-in page, then tabs by role. Nothing here launches a server.
+
+    Launch it with ``prefloop.ui.annotate.launch_options()``: they switch off Gradio's run
+    history, uploads and deep links (``prefloop.ui.server``).
 
     Example: build_app(Store()).launch(**prefloop.ui.annotate.launch_options())
     """
@@ -96,7 +100,10 @@ def build_app(store):
             trigger(do_sign_in, [name, password], sign_in_outputs, api_name=api_name).then(
                 load_if_signed_in, [token_state], annotate["outputs"]
             )
-        signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell])
+        # sign-out also deletes the browser's copy: Gradio writes BrowserState only for truthy values
+        signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell]).then(
+            None, js=f"() => {{ localStorage.removeItem({token_state.storage_key!r}); }}"
+        )
         demo.load(restore, [token_state], shell).then(
             load_if_signed_in, [token_state], annotate["outputs"]
         )
@@ -109,7 +116,12 @@ def build_app(store):
 @click.option(
     "--no-sampler", is_flag=True, help="Do not start the background queue filler (tests, demos)."
 )
-def serve(host: str, port: int, no_sampler: bool) -> None:
+@click.option(
+    "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+    help="A reverse proxy (IP or CIDR) whose X-Forwarded-For is believed; repeatable. "
+         "Default: none, the peer address counts.",
+)
+def serve(host: str, port: int, no_sampler: bool, trusted_proxies: tuple[str, ...]) -> None:
     """Serve the app: sign in, annotate, and (maintainers) train and evaluate.
 
     A background sampler keeps a queue of ready pairs from the active version, so annotators
@@ -137,10 +149,14 @@ def serve(host: str, port: int, no_sampler: bool) -> None:
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
+
+    server.prepare_environment(Path(store.path).parent, trusted_proxies)
     try:
         build_app(store).launch(
             server_name=host, server_port=port, show_error=False, **ui.launch_options()
         )
+    except OSError:
+        raise server.port_error(host, port) from None
     finally:
         scheduler.stop()
         if filler is not None:

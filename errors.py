@@ -74,3 +74,12 @@ class InitError(PrefloopError):
 
 class BackupError(PrefloopError):
     """A backup could not be written."""
+
+
+# faces
+class ServeError(PrefloopError):
+    """The app could not be served (the port is taken, an address is invalid)."""
+
+
+class InputError(PrefloopError):
+    """An event's input has the wrong type or shape (a hand-made request, never the page)."""

@@ -8,25 +8,31 @@ so a copy of the database cannot be used to impersonate anyone. Every privileged
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import secrets
-import threading
 import time
 import unicodedata
-from collections import defaultdict, deque
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from prefloop.annotate.limiter import FailureLimiter
 from prefloop.db.store import ROLES, Store
 from prefloop.errors import AuthError
 
 SESSION_HOURS = 12  # a working day; after that, sign in again
 MIN_PASSWORD_LENGTH = 8
-SIGN_IN_ATTEMPTS = 5  # per name and per client within SIGN_IN_WINDOW_S
+SIGN_IN_ATTEMPTS = 5  # failures per name (from any address) within SIGN_IN_WINDOW_S
+# failures per client address for any names: above a team behind one NAT mistyping, far below
+# a password spray (an office's five typos must not lock everyone out)
+SIGN_IN_CLIENT_ATTEMPTS = 30
 SIGN_IN_WINDOW_S = 60
+MAX_NAME_INPUT_CHARS = 256  # names are 64 at most; longer input is refused before any lookup
+MAX_PASSWORD_CHARS = 1024
+TOKEN_CHARS = 43  # secrets.token_urlsafe(32)
 
 _hasher = PasswordHasher()
 
@@ -116,49 +122,47 @@ def change_password(store: Store, name: str, password: str) -> None:
     store.set_password_hash(user["id"], hash_password(password), end_sessions=True)
 
 
-class _RateLimiter:
-    """Sliding-window count of failed sign-ins, per key, in this process."""
-
-    def __init__(self, limit: int, window_s: float):
-        self.limit, self.window_s = limit, window_s
-        self._events: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def blocked(self, key: str) -> bool:
-        with self._lock:
-            events = self._events[key]
-            cutoff = time.monotonic() - self.window_s
-            while events and events[0] < cutoff:
-                events.popleft()
-            return len(events) >= self.limit
-
-    def record(self, key: str) -> None:
-        with self._lock:
-            self._events[key].append(time.monotonic())
-
-    def reset(self) -> None:
-        with self._lock:
-            self._events.clear()
+sign_in_limiter = FailureLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_S)
 
 
-sign_in_limiter = _RateLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_S)
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash of a random password, made with the same settings as real ones: an unknown name
+    is checked against it, so it costs the same Argon2 time as a wrong password."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def _limiter_keys(name: str, client: str) -> list[tuple[str, int]]:
+    """(key, limit): a name from anywhere, and (more leniently) one address for any names."""
+    keys = [(f"name:{name_key(name)}", SIGN_IN_ATTEMPTS)] if name else []
+    if client:
+        keys.append((f"client:{client}", SIGN_IN_CLIENT_ATTEMPTS))
+    return keys
 
 
 def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[str, dict]:
-    """Check a password; returns (session token, annotator row). Failures say nothing specific."""
-    keys = [f"name:{name_key(name)}"] + ([f"client:{client}"] if client else [])
-    if any(sign_in_limiter.blocked(k) for k in keys):
+    """Check a password; returns (session token, annotator row). Failures say nothing specific.
+
+    Every refusal after the limiter costs one Argon2 verification, whether the name exists or
+    not, so timing does not tell which names are accounts.
+    """
+    if not isinstance(name, str) or not isinstance(password, str) or not isinstance(client, str):
+        raise AuthError("name and password must be text")
+    if len(name) > MAX_NAME_INPUT_CHARS or len(password) > MAX_PASSWORD_CHARS:
+        name = ""  # cannot be an account: counted against the address only, never stored
+    keys = _limiter_keys(name, client)
+    if any(sign_in_limiter.blocked(key, limit) for key, limit in keys):
         raise AuthError(f"too many failed sign-ins; wait {SIGN_IN_WINDOW_S} seconds and try again")
-    user = store.annotator_by_name(normal_name(name))
-    ok = False
-    if user and user["active"] and user["password_hash"]:
-        try:
-            ok = _hasher.verify(user["password_hash"], password or "")
-        except (VerificationError, InvalidHashError):
-            ok = False
+    user = store.annotator_by_name(normal_name(name)) if name else None
+    usable = bool(user and user["active"] and user["password_hash"])
+    try:
+        ok = _hasher.verify(user["password_hash"] if usable else _dummy_hash(),
+                            password[:MAX_PASSWORD_CHARS]) and usable
+    except (VerificationError, InvalidHashError):
+        ok = False
     if not ok:
-        for key in keys:
-            sign_in_limiter.record(key)
+        for key, limit in keys:
+            sign_in_limiter.record(key, limit)
         raise AuthError("wrong name or password")
     if _hasher.check_needs_rehash(user["password_hash"]):
         store.set_password_hash(user["id"], hash_password(password))
@@ -175,7 +179,7 @@ def sign_out(store: Store, token: str | None) -> None:
 
 def current_user(store: Store, token: str | None) -> dict | None:
     """The signed-in annotator for a session token, or None when absent, expired or disabled."""
-    if not token:
+    if not token or not isinstance(token, str) or len(token) > 2 * TOKEN_CHARS:
         return None
     user = store.session_annotator(_token_hash(token))
     return _public(user) if user else None

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from prefloop.db.store import SPLITS, Store, content_hash, dumps
 from prefloop.errors import PromptImportError
+from prefloop.safetext import first_control
 
 MAX_PROMPT_CHARS = 20_000  # longer than any prompt a 135M model (2k-token context) can use
 DEFAULT_HELDOUT_FRACTION = 0.1  # enough held-out prompts to measure, most left for training
@@ -339,12 +340,13 @@ ALLOWED_CONTROLS = "\t\n\r"
 def _refuse_control_characters(text: str, where: str) -> None:
     """NUL, ANSI escapes (ESC) and other C0/C1 controls are never part of a real prompt; printed
     by `prefloop prompts list` they could rewrite the maintainer's terminal."""
-    for position, char in enumerate(text, start=1):
-        if (char < " " and char not in ALLOWED_CONTROLS) or "\x7f" <= char <= "\x9f":
-            raise PromptImportError(
-                f"{where}: the prompt holds control character U+{ord(char):04X} at character "
-                f"{position}; remove it and try again"
-            )
+    found = first_control(text, ALLOWED_CONTROLS)  # one rule with `prefloop import`
+    if found:
+        position, char = found
+        raise PromptImportError(
+            f"{where}: the prompt holds control character U+{ord(char):04X} at character "
+            f"{position}; remove it and try again"
+        )
 
 
 def _clean_messages(messages: Any, where: str) -> list[dict]:

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 from prefloop.annotate import auth
 from prefloop.db.store import CHOICES, PAIR_PURPOSES, SPLITS, Store, loads
 from prefloop.errors import PrefloopError, TransferError
+from prefloop.safetext import first_control, validate_version_name
 
 FORMAT = "prefloop-judgments"
 FORMAT_VERSION = 1
@@ -190,7 +191,7 @@ def check_record(r: Any) -> dict:
 
     _require(r, "record", dict)
     prompt = _require(r.get("prompt"), "prompt", dict)
-    _text(prompt.get("text"), "prompt.text")
+    _no_controls(_text(prompt.get("text"), "prompt.text"), "prompt.text")
     messages = prompt.get("messages")
     if messages is not None:
         _require(messages, "prompt.messages", list)
@@ -198,6 +199,7 @@ def check_record(r: Any) -> dict:
             if not (isinstance(m, dict) and isinstance(m.get("role"), str)
                     and isinstance(m.get("content"), str)):
                 raise _Invalid("prompt.messages must be a list of {role, content} objects")
+            _no_controls(m["content"], "prompt.messages content")
     _optional_text(prompt.get("kind"), "prompt.kind")
     _optional_text(prompt.get("source"), "prompt.source")
     _one_of(prompt.get("split"), "prompt.split", SPLITS)
@@ -211,7 +213,10 @@ def check_record(r: Any) -> dict:
     _timestamp(pair.get("created_at"), "pair.created_at")
     for side in ("generation_a", "generation_b"):
         g = _require(r.get(side), side, dict)
-        _text(g.get("version"), f"{side}.version", limit=200)
+        try:
+            validate_version_name(g.get("version"))
+        except PrefloopError as error:
+            raise _Invalid(f"{side}.version: {error}") from None
         _require(g.get("text"), f"{side}.text", str)
         if len(g["text"]) > MAX_TEXT_CHARS:
             raise _Invalid(f"{side}.text is longer than {MAX_TEXT_CHARS:,} characters")
@@ -271,6 +276,15 @@ def _optional_text(value: Any, name: str) -> None:
         _require(value, name, str)
         if len(value) > MAX_TEXT_CHARS:
             raise _Invalid(f"{name} is longer than {MAX_TEXT_CHARS:,} characters")
+        _no_controls(value, name)
+
+
+def _no_controls(value: str, name: str) -> str:
+    """The check `prompts import` makes: NUL, ESC and other C0/C1 controls are refused."""
+    found = first_control(value)
+    if found:
+        raise _Invalid(f"{name} holds control character U+{ord(found[1]):04X} at character {found[0]}")
+    return value
 
 
 def _integer(value: Any, name: str) -> int:

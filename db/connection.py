@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import sqlite_utils
 
+from prefloop.db.files import create_private_file, make_private_home
 from prefloop.db.migrations import migrations
 from prefloop.errors import StoreError
 
@@ -65,7 +66,7 @@ class Connection:
         self.path = Path(path) if path else prefloop_home() / "prefloop.db"
         self._local = threading.local()
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_home(self.path, tighten_folder=path is None)  # folder 0700, database (and WAL, SHM) 0600
         if migrate:
             self.migrate()
 
@@ -142,6 +143,7 @@ class Connection:
 
     def backup_to(self, target: str | Path) -> None:
         """Consistent copy while others write: SQLite's online backup API."""
+        create_private_file(Path(target))  # 0600 before the first byte: it holds password hashes
         dest = sqlite3.connect(str(target))
         try:
             self.db.conn.backup(dest)

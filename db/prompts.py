@@ -54,7 +54,9 @@ class PromptQueries(Connection):
         rows = self.rows(
             "select p.*, (select count(*) from pairs x join generations g on g.id = x.generation_a_id "
             "  where x.prompt_id = p.id and g.version_id = :v and x.purpose = 'train') as n "
-            "from prompts p where p.split = :split order by n, random() limit :limit",
+            # an annotator's live prompt is theirs: never sampled for other annotators
+            "from prompts p where p.split = :split and p.source != 'live' "
+            "order by n, random() limit :limit",
             {"v": version_id, "split": split, "limit": limit},
         )
         return [decode_prompt(r) for r in rows]

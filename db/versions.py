@@ -12,6 +12,7 @@ from prefloop.db.rows import (
     insert_version,
 )
 from prefloop.errors import StoreError
+from prefloop.safetext import validate_version_name
 
 
 class VersionQueries(Connection):
@@ -26,6 +27,7 @@ class VersionQueries(Connection):
         status: str = "ready",
         card: dict | None = None,
     ) -> int:
+        validate_version_name(name)
         with self.write() as db:
             if db.execute("select 1 from model_versions where name = ?", [name]).fetchone():
                 raise StoreError(f"model version {name!r} already exists")

@@ -34,6 +34,7 @@ from prefloop.ui.render import (
     render_plain,
     render_prompt,
 )
+from prefloop.ui.server import hardened_launch_options
 
 SIDES = ("left", "right", "tie", "both_bad")
 # (side, label, elem_id, key): the keyboard script clicks the button with this elem_id
@@ -343,7 +344,8 @@ def keyboard_head() -> str:
 
 
 def launch_options() -> dict[str, Any]:
-    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``).
+    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``), and
+    the switches that close run history, uploads and deep links (``prefloop.ui.server``).
 
     System fonts: the default theme fetches Google Fonts, which an offline or private
     deployment cannot (and should not) reach.
@@ -354,7 +356,8 @@ def launch_options() -> dict[str, Any]:
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
     )
-    return {"head": keyboard_head(), "css": APP_CSS + highlight_css(), "theme": theme}
+    return {"head": keyboard_head(), "css": APP_CSS + highlight_css(), "theme": theme,
+            **hardened_launch_options()}
 
 
 def shortcuts_markdown() -> str:
@@ -489,8 +492,10 @@ def build_sign_in(store: Store):
 
     with gr.Column(elem_id="pf-signin", visible=True) as column:
         gr.Markdown("## prefloop\nSign in to judge responses.")
-        name = gr.Textbox(label="Name", elem_id="pf-name", max_lines=1)
-        password = gr.Textbox(label="Password", type="password", elem_id="pf-password", max_lines=1)
+        # max_length is courtesy; auth.sign_in enforces the same caps on the server
+        name = gr.Textbox(label="Name", elem_id="pf-name", max_lines=1, max_length=auth.MAX_NAME_INPUT_CHARS)
+        password = gr.Textbox(label="Password", type="password", elem_id="pf-password", max_lines=1,
+                              max_length=auth.MAX_PASSWORD_CHARS)
         button = gr.Button("Sign in", variant="primary", elem_id="pf-signin-button")
         message = gr.Markdown(elem_id="pf-signin-message")
     return column, name, password, button, message

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import html
 
 from markdown_it import MarkdownIt
@@ -31,12 +32,37 @@ CODE_STYLE = "friendly"  # Pygments style; its CSS comes from highlight_css()
 _formatter = HtmlFormatter(style=CODE_STYLE, cssclass="pf-code", nowrap=True)
 
 
+# Highlighting is cosmetic and Pygments' lexers are regular expressions, some of which take
+# quadratic or exponential time on crafted input (```autoit + 7,900 spaces: 7 s; ```scala with a
+# run of backslashes: minutes). So only common languages are highlighted, only blocks up to
+# MAX_HIGHLIGHT_CHARS, and only HIGHLIGHT_BUDGET_CHARS per rendered text; the rest is shown
+# escaped, unhighlighted. Worst case measured over tests/test_hostile.py's slow-highlight corpus
+# on the CI machine: about 0.15 s per block (C, 1,000 chars of 'x \n').
+MAX_HIGHLIGHT_CHARS = 1_000
+HIGHLIGHT_BUDGET_CHARS = 3_000
+HIGHLIGHT_LANGUAGES = frozenset({
+    "python", "py", "javascript", "js", "typescript", "ts", "java", "c", "cpp", "c++", "csharp",
+    "cs", "go", "rust", "ruby", "php", "bash", "sh", "shell", "sql", "json", "yaml", "yml",
+    "html", "css", "xml", "kotlin", "swift", "r", "lua", "haskell", "toml", "diff",
+    "dockerfile", "makefile", "powershell", "ini", "perl",
+})
+
+
+_budget: contextvars.ContextVar[int] = contextvars.ContextVar("pf_highlight_budget", default=0)
+
+
 def _highlight(code: str, lang: str, _attrs: str) -> str:
-    """Pygments for a fenced block; unknown or hostile language names fall back to plain text."""
-    try:
-        lexer = get_lexer_by_name((lang or "").strip().split()[0]) if lang.strip() else None
-    except (ClassNotFound, IndexError):
-        lexer = None
+    """Pygments for a short fenced block in a common language; anything else is plain text."""
+    name = lang.strip().split()[0].lower() if lang and lang.strip() else ""
+    budget = _budget.get()
+    lexer = None
+    if name in HIGHLIGHT_LANGUAGES and len(code) <= min(MAX_HIGHLIGHT_CHARS, budget):
+        try:
+            lexer = get_lexer_by_name(name)
+        except ClassNotFound:
+            lexer = None
+    if lexer is not None:
+        _budget.set(budget - len(code))
     body = highlight(code, lexer, _formatter) if lexer else html.escape(code)
     return f'<pre class="pf-code"><code>{body}</code></pre>'
 
@@ -73,7 +99,11 @@ def render_markdown(text: str | None, limit: int = MAX_OUTPUT_CHARS) -> str:
     Example: render_markdown(generation["text"])
     """
     shown, cut = truncate(text, limit)
-    body = _md.render(shown) if shown.strip() else '<p class="pf-empty">(empty response)</p>'
+    reset = _budget.set(HIGHLIGHT_BUDGET_CHARS)  # per text rendered, whatever its blocks
+    try:
+        body = _md.render(shown) if shown.strip() else '<p class="pf-empty">(empty response)</p>'
+    finally:
+        _budget.reset(reset)
     note = ""
     if cut:
         note = (
