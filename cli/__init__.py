@@ -13,6 +13,7 @@ import click
 
 from prefloop.app import serve
 from prefloop.cli import (
+    annotators,
     evaluate,
     gold,
     init,
@@ -63,6 +64,7 @@ for _command in (
     evaluate.eval_command,
     evaluate.battles_group,
     evaluate.simulate_command,
+    annotators.annotators_command,
     transfer.backup_command,
     transfer.export_command,
     transfer.import_command,

@@ -17,12 +17,14 @@ from prefloop.engine import models
 from prefloop.engine.generation import SamplingParams, stream
 from prefloop.errors import PrefloopError, StoreError
 from prefloop.evaluate import arena, plots
+from prefloop.evaluate.annotators import annotator_dashboard
 from prefloop.evaluate.report import build_report
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
                    "mean words", "length x base", "distinct-2", "refusals"]
-AGREEMENT_HEADERS = ["annotator", "judgments", "gold votes", "gold accuracy", "mean kappa"]
+AGREEMENT_HEADERS = ["annotator", "votes", "per day", "median s", "ties", "both bad", "left side",
+                     "gold votes", "gold accuracy", "agreement", "mean kappa", "flags"]
 MAX_DEMO_PROMPT_CHARS = 4000
 
 
@@ -49,8 +51,14 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
             _r(v["win_rate_vs_base"]), f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else None,
             _r(v["mean_words"], 1), _r(v["length_ratio"], 2), _r(v["distinct_2"]), _r(v["refusal_rate"]),
         ])
-    agreement_rows = [[a["annotator"], a["judgments"], a["gold_votes"], _r(a["gold_accuracy"]),
-                       _r(a["mean_kappa"])] for a in report["agreement"]["annotators"]]
+    kappas = {a["annotator"]: a["mean_kappa"] for a in report["agreement"]["annotators"]}
+    agreement_rows = [
+        [d["annotator"], d["votes"], _r(d["votes_per_day"], 1), _r(d["median_seconds"], 1),
+         _r(d["tie_share"], 2), _r(d["both_bad_share"], 2), _r(d["left_share"], 2), d["gold_votes"],
+         _r(d["gold_accuracy"], 2), _r(d["agreement"], 2), _r(kappas.get(d["annotator"])),
+         "; ".join(d["flags"])]
+        for d in annotator_dashboard(store)
+    ]
     alpha = report["agreement"]["krippendorff_alpha"]
     summary = (
         f"{board['battles']} battles judged; ratings on the Elo scale with {board['anchor']} = 1000 "
@@ -165,7 +173,8 @@ def build_evaluate_tab(store: Store, token_state) -> dict:
         win_plot = gr.Plot(label="win rate vs base")
         accuracy_plot = gr.Plot(label="held-out accuracy")
         length_plot = gr.Plot(label="response length")
-    gr.Markdown("#### Annotator agreement")
+    gr.Markdown("#### Annotators (left side: share of decisive votes for the side shown left; "
+                "agreement: share of votes matching others' on the same pair)")
     agreement_table = gr.Dataframe(headers=AGREEMENT_HEADERS, interactive=False)
     gr.Markdown("#### Queue blind battles for annotators")
     with gr.Row():
