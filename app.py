@@ -99,14 +99,14 @@ def build_app(store):
         for trigger, api_name in ((signin_button.click, "sign_in"), (password.submit, "sign_in_enter")):
             trigger(do_sign_in, [name, password], sign_in_outputs, api_name=api_name).then(
                 load_if_signed_in, [token_state], annotate["outputs"]
-            )
+            ).then(annotate["guidelines"], [token_state], annotate["guidelines_outputs"])
         # sign-out also deletes the browser's copy: Gradio writes BrowserState only for truthy values
         signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell]).then(
             None, js=f"() => {{ localStorage.removeItem({token_state.storage_key!r}); }}"
         )
         demo.load(restore, [token_state], shell).then(
             load_if_signed_in, [token_state], annotate["outputs"]
-        )
+        ).then(annotate["guidelines"], [token_state], annotate["guidelines_outputs"])
     return demo
 
 

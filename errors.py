@@ -37,6 +37,10 @@ class SamplerError(PrefloopError):
     """Pairs could not be sampled (no prompts left, a version that cannot serve)."""
 
 
+class GuidelineError(PrefloopError):
+    """Guideline text was refused; nothing was stored."""
+
+
 class TransferError(PrefloopError):
     """A judgments export/import or backup could not be done; nothing was changed."""
 

@@ -54,9 +54,10 @@ class JudgmentQueries(Connection):
             left, count, wanted, status = served
             if status != "open" or count >= wanted:
                 raise StoreError("this pair has already been judged enough; here is the next one")
+            guideline_id = db.execute("select max(id) from guidelines").fetchone()[0]
             judgment_id = insert_judgment(
                 db, pair_id, annotator_id, choice, left, better_answer=better_answer,
-                reasons=reasons, comment=comment, elapsed_ms=elapsed_ms,
+                reasons=reasons, comment=comment, elapsed_ms=elapsed_ms, guideline_id=guideline_id,
             )
             return judgment_id, True
 
@@ -88,7 +89,7 @@ class JudgmentQueries(Connection):
         marks = ",".join("?" for _ in purposes)
         return self.rows(
             "select j.id, j.pair_id, j.annotator_id, an.name as annotator, j.choice, "
-            "j.left_generation_id, j.better_answer, j.reasons, j.comment, j.elapsed_ms, "
+            "j.left_generation_id, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.guideline_id, "
             "j.created_at, x.purpose, x.gold_choice, p.id as prompt_id, p.text as prompt, "
             "p.messages as prompt_messages, p.split, "
             "ga.id as generation_a_id, ga.text as text_a, ga.version_id as version_a_id, "

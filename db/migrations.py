@@ -242,3 +242,14 @@ def m003_round_pairs(db: sqlite_utils.Database) -> None:
         not_null={"round_id", "pair_id"},
     )
     db["round_pairs"].create_index(["pair_id"])
+
+
+@migrations()
+def m004_guidelines(db: sqlite_utils.Database) -> None:
+    """Annotation guidelines, versioned (append only), and the version each vote was made under."""
+    db["guidelines"].create(
+        {"id": int, "text": str, "created_by": int, "created_at": str},
+        pk="id", not_null={"text", "created_at"},
+        foreign_keys=[("created_by", "annotators", "id")],
+    )
+    db["judgments"].add_column("guideline_id", int, fk="guidelines", fk_col="id")

@@ -111,13 +111,15 @@ def insert_pair(db: sqlite_utils.Database, prompt_id: int, generation_ids: list[
 def insert_judgment(db: sqlite_utils.Database, pair_id: int, annotator_id: int, choice: str,
                     left_generation_id: int, *, better_answer: str | None = None,
                     reasons: list[str] | None = None, comment: str | None = None,
-                    elapsed_ms: int | None = None, created_at: str | None = None) -> int:
+                    elapsed_ms: int | None = None, created_at: str | None = None,
+                    guideline_id: int | None = None) -> int:
     """Insert a vote, mark its assignment voted, and count it on its pair (done when enough)."""
     cursor = db.execute(
         "insert into judgments (pair_id, annotator_id, choice, left_generation_id, better_answer, "
-        "reasons, comment, elapsed_ms, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "reasons, comment, elapsed_ms, created_at, guideline_id) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [pair_id, annotator_id, choice, left_generation_id, better_answer or None,
-         dumps(reasons) if reasons else None, comment or None, elapsed_ms, created_at or now()],
+         dumps(reasons) if reasons else None, comment or None, elapsed_ms, created_at or now(),
+         guideline_id],
     )
     db.execute(
         "insert into assignments (pair_id, annotator_id, left_generation_id, status, served_at) "

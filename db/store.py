@@ -17,6 +17,7 @@ from prefloop.db.connection import (
     now,
     prefloop_home,
 )
+from prefloop.db.guidelines import GuidelineQueries
 from prefloop.db.judgments import JudgmentQueries
 from prefloop.db.pairs import PairQueries
 from prefloop.db.prompts import PromptQueries
@@ -42,6 +43,7 @@ class Store(
     RoundQueries,
     SettingsQueries,
     TransferQueries,
+    GuidelineQueries,
     Connection,
 ):
     """The one gateway to ``prefloop.db``. Cheap to create; thread safe (a connection per thread)."""

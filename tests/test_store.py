@@ -14,7 +14,8 @@ EXPECTED_SCHEMA = {
                     "finish_reason": str, "latency_ms": float, "created_at": str},
     "judgments": {"id": int, "pair_id": int, "annotator_id": int, "choice": str,
                   "left_generation_id": int, "better_answer": str, "reasons": str,
-                  "comment": str, "elapsed_ms": int, "created_at": str},
+                  "comment": str, "elapsed_ms": int, "created_at": str, "guideline_id": int},
+    "guidelines": {"id": int, "text": str, "created_by": int, "created_at": str},
     "model_versions": {"id": int, "name": str, "parent_id": int, "kind": str, "path": str,
                        "status": str, "card": str, "created_at": str},
     "pairs": {"id": int, "prompt_id": int, "generation_a_id": int, "generation_b_id": int,
@@ -56,7 +57,7 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 3
+    assert again.scalar("select count(*) from _sqlite_migrations") == 4
 
 
 def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from prefloop.annotate import auth
+from prefloop.annotate import auth, guidelines
 from prefloop.annotate.sampler import stream_live_pair
 from prefloop.db.store import Store
 from prefloop.errors import PrefloopError
@@ -367,6 +367,22 @@ def shortcuts_markdown() -> str:
     return f'<div class="pf-keys">Keyboard: {shown} · <kbd>Esc</kbd> leaves a text box</div>'
 
 
+def guidelines_view(store: Store, token: str | None) -> tuple[str, str, bool]:
+    """(accordion label, rendered guidelines, visible) for the signed-in annotator.
+
+    Nothing is shown before sign-in or while no guidelines exist. The text is a maintainer's
+    Markdown, rendered inertly like every other stored text.
+    """
+    try:
+        current = guidelines.current_for(store, token)
+    except PrefloopError:
+        return "Guidelines", "", False
+    if current is None:
+        return "Guidelines", "", False
+    label = f"Guidelines (version {current['id']}; your votes record it)"
+    return label, render_markdown(current["text"], limit=guidelines.MAX_GUIDELINE_CHARS), True
+
+
 def build_annotate_tab(store: Store, token_state) -> dict:
     """Lay out the Annotate tab inside the current Blocks; returns the components app.py needs.
 
@@ -376,6 +392,12 @@ def build_annotate_tab(store: Store, token_state) -> dict:
 
     pair_state = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=False)
+    with gr.Accordion("Guidelines", open=False, visible=False, elem_id="pf-guidelines-box") as guide_box:
+        guide_html = gr.HTML(elem_id="pf-guidelines", js_on_load=None)
+
+    def show_guidelines(token):
+        label, body, visible = guidelines_view(store, token)
+        return gr.Accordion(label=label, visible=visible), body
     with gr.Row(equal_height=True):
         progress = gr.Markdown(elem_id="pf-progress")
         refresh = gr.Button("Refresh", elem_id="pf-refresh", size="sm", variant="secondary",
@@ -483,7 +505,8 @@ def build_annotate_tab(store: Store, token_state) -> dict:
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
     live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,
                       concurrency_limit=1, concurrency_id="pf-live")
-    return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state}
+    return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state,
+            "guidelines": show_guidelines, "guidelines_outputs": [guide_box, guide_html]}
 
 
 def build_sign_in(store: Store):
