@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from prefloop.errors import PrefloopError
 from prefloop.ui.render import (
     highlight_css,
     panel,
+    render_conversation,
     render_markdown,
     render_plain,
     render_prompt,
@@ -244,13 +246,25 @@ def _pair_screen(
     }
     return Screen(
         pair=pair,
-        prompt_html=panel("Prompt", render_prompt(assignment["prompt"]), "pf-prompt"),
+        prompt_html=_prompt_panel(assignment),
         left_html=panel("Response A", render_markdown(left_text), "pf-left"),
         right_html=panel("Response B", render_markdown(right_text), "pf-right"),
         message=message,
         progress=progress_line(store, user),
         clear_inputs=clear,
     )
+
+
+def _prompt_panel(assignment: dict) -> str:
+    """The prompt, or the whole conversation with every turn's role when it is a chat."""
+    messages = assignment.get("prompt_messages")
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    if messages and len(messages) > 1:
+        turns = sum(1 for m in messages if m.get("role") != "system")
+        return panel(f"Conversation ({turns} turns): judge the answers to the last turn",
+                     render_conversation(messages), "pf-prompt pf-chat")
+    return panel("Prompt", render_prompt(assignment["prompt"]), "pf-prompt")
 
 
 def _waiting_screen(store: Store, user: dict, version: dict | None, message: str) -> Screen:
@@ -317,6 +331,11 @@ APP_CSS = """
   color: var(--body-text-color-subdued); }
 .pf-panel-body { padding: 4px 14px; overflow: auto; overflow-wrap: anywhere; }
 .pf-prompt .pf-panel-body { max-height: 240px; }
+.pf-chat .pf-panel-body { max-height: 420px; }
+.pf-turn { margin: 6px 0; padding-left: 10px; border-left: 3px solid var(--border-color-primary); }
+.pf-turn-assistant { border-left-color: var(--color-accent-soft); }
+.pf-role { font-size: 0.8em; font-weight: 600; text-transform: uppercase; color: var(--body-text-color-subdued); }
+.pf-earlier summary { cursor: pointer; color: var(--body-text-color-subdued); font-size: 0.9em; }
 .pf-left .pf-panel-body, .pf-right .pf-panel-body { max-height: 460px; min-height: 200px; }
 .pf-md pre { white-space: pre-wrap; background: var(--background-fill-secondary);
   padding: 8px 10px; border-radius: 6px; font-size: 0.9em; }

@@ -118,6 +118,37 @@ def render_prompt(text: str | None) -> str:
     return render_markdown(text, MAX_PROMPT_CHARS)
 
 
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+SHOWN_EARLIER_TURNS = 2  # more earlier turns than this fold into one "earlier turns" toggle
+
+
+def render_conversation(messages: list[dict] | None, fallback: str | None = None) -> str:
+    """A whole conversation: every turn with its role, the last one (the one being answered)
+    open, earlier ones above it; more than ``SHOWN_EARLIER_TURNS`` earlier turns fold into a
+    ``<details>`` so a long chat does not push the answers off screen. Text is rendered like any
+    untrusted Markdown, and the prompt's character budget is shared across the turns.
+
+    Example: render_conversation([{"role": "user", "content": "hi"}, ...])
+    """
+    if not messages:
+        return render_prompt(fallback)
+    budget = max(MAX_PROMPT_CHARS // len(messages), 500)
+    blocks = []
+    for turn in messages:
+        role = str(turn.get("role", "user"))
+        label = ROLE_LABELS.get(role, "Turn")
+        blocks.append(
+            f'<div class="pf-turn pf-turn-{html.escape(label.lower())}">'
+            f'<div class="pf-role">{label}</div>{render_markdown(str(turn.get("content") or ""), budget)}</div>'
+        )
+    *earlier, last = blocks
+    if len(earlier) > SHOWN_EARLIER_TURNS:
+        folded = "".join(earlier[:-SHOWN_EARLIER_TURNS])
+        earlier = [f'<details class="pf-earlier"><summary>{len(earlier) - SHOWN_EARLIER_TURNS} earlier '
+                   f'turns</summary>{folded}</details>', *earlier[-SHOWN_EARLIER_TURNS:]]
+    return '<div class="pf-conversation">' + "".join(earlier) + last + "</div>"
+
+
 def render_plain(text: str | None, limit: int = MAX_OUTPUT_CHARS) -> str:
     """Escaped text in a ``<pre>``: used while a live answer streams (half-parsed Markdown flickers).
 
