@@ -31,11 +31,19 @@ def _figure(title: str, ylabel: str):
     return figure, axes
 
 
+MAX_LABEL_CHARS = 40  # a longer name is unreadable on an axis, and slow to lay out
+
+
+def short_label(name: object) -> str:
+    text = str(name)
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+
+
 def _versions_axis(axes, names: list) -> list[int]:
     """Positions 0..n-1 on the x axis, labelled with the names as plain text, never mathtext
     (a name like ``v$\\undefinedcmd$`` made every figure raise)."""
     positions = list(range(len(names)))
-    axes.set_xticks(positions, [str(n) for n in names], parse_math=False)
+    axes.set_xticks(positions, [short_label(n) for n in names], parse_math=False)
     return positions
 
 
@@ -45,7 +53,7 @@ def _empty(axes, message: str) -> None:
 
 def win_rate_figure(rows: list[dict], key: str = "win_rate_vs_base", base: str = "v0"):
     """Win rate against the base per version, with its 95% interval as error bars."""
-    figure, axes = _figure(f"win rate vs {base} (ties count half)", "win rate")
+    figure, axes = _figure(f"win rate vs {short_label(base)} (ties count half)", "win rate")
     points = [r for r in rows if r.get(key) is not None]
     if not points:
         _empty(axes, "no battles yet: queue some with `prefloop battles create`")
