@@ -262,6 +262,11 @@ def test_version_names_are_shown_as_text_everywhere(store, tmp_path):
     shown = build["evaluate"]["queue"](boss, HTML_NAME, "v0", 1)
     assert "<img" not in shown and "](" not in shown
     assert "<img" not in train_ui.decide_action(store, boss, "promote", HTML_NAME)
+    # the Annotate tab's progress line names the active version: as text
+    store.set_active_version(HTML_NAME)
+    progress = ui.next_pair(store, alice).progress
+    assert "<img" not in progress and "](" not in progress
+    store.set_active_version("v1")
     result = CliRunner().invoke(cli, ["eval", "--png", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "plots").glob("*.png"))) == 3

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import html
 import logging
 import math
 import time
@@ -88,7 +87,7 @@ def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[s
         token, user = auth.sign_in(store, name, password, client=client)
     except PrefloopError as error:
         return None, str(error)
-    return token, f"Signed in as **{html.escape(user['name'])}** ({user['role']})."
+    return token, f"Signed in as **{markdown_text(user['name'])}** ({user['role']})."
 
 
 def sign_out(store: Store, token: str | None) -> tuple[None, str]:
@@ -108,9 +107,9 @@ def progress_line(store: Store, user: dict) -> str:
     counts = store.annotator_counts(user["id"])
     version = store.active_version()
     queue = store.queued_pairs(version["id"]) if version else 0
-    model = f"model **{html.escape(version['name'])}**" if version else "no active model"
+    model = f"model **{markdown_text(version['name'])}**" if version else "no active model"
     return (
-        f"**{html.escape(user['name'])}** ({user['role']}) · {counts['today']} today · "
+        f"**{markdown_text(user['name'])}** ({user['role']}) · {counts['today']} today · "
         f"{counts['total']} overall · {queue} pairs in queue · {model}"
     )
 
@@ -325,7 +324,7 @@ def _waiting_screen(store: Store, user: dict, version: dict | None, message: str
         queue = store.queued_pairs(version["id"])
         note = (
             f"⏳ The sampler is preparing pairs: {queue} in queue, version "
-            f"{html.escape(version['name'])}. This page checks again every {POLL_SECONDS} s "
+            f"{markdown_text(version['name'])}. This page checks again every {POLL_SECONDS} s "
             "(or press Refresh); meanwhile you can try your own prompt below."
         )
     empty = '<div class="pf-waiting">No pair to judge right now.</div>'
