@@ -17,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import sys
 
 from prefloop.errors import StoreError
 
@@ -89,6 +91,8 @@ class TerminalSafeStream(io.TextIOBase):
         self._target = target
 
     def write(self, text: str) -> int:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode(self.encoding or "utf-8", "replace")
         self._target.write(terminal_safe(text))
         return len(text)
 
@@ -108,18 +112,13 @@ class TerminalSafeStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._target.fileno()
 
-    @property
-    def buffer(self):  # click writes bytes here when it can: escape those too
-        return _SafeBuffer(self._target, self.encoding)
 
-
-class _SafeBuffer:
-    def __init__(self, target, encoding: str):
-        self._target, self._encoding = target, encoding or "utf-8"
-
-    def write(self, data: bytes) -> int:
-        self._target.write(terminal_safe(bytes(data).decode(self._encoding, "replace")))
-        return len(data)
-
-    def flush(self) -> None:
-        self._target.flush()
+@contextlib.contextmanager
+def terminal_safe_stdout():
+    """For the length of the block, everything printed to stdout has its controls escaped."""
+    original = sys.stdout
+    sys.stdout = TerminalSafeStream(original)
+    try:
+        yield
+    finally:
+        sys.stdout = original

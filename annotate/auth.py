@@ -146,6 +146,7 @@ def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[s
     Every refusal after the limiter costs one Argon2 verification, whether the name exists or
     not, so timing does not tell which names are accounts.
     """
+    name, password = ("" if name is None else name), ("" if password is None else password)
     if not isinstance(name, str) or not isinstance(password, str) or not isinstance(client, str):
         raise AuthError("name and password must be text")
     if len(name) > MAX_NAME_INPUT_CHARS or len(password) > MAX_PASSWORD_CHARS:

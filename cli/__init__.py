@@ -27,16 +27,22 @@ from prefloop.cli import (
     users,
 )
 from prefloop.errors import PrefloopError
+from prefloop.safetext import terminal_safe, terminal_safe_stdout
 
 
 class PrefloopGroup(click.Group):
-    """Turns every expected failure (PrefloopError and subclasses) into one clear line, exit 1."""
+    """Turns every expected failure (PrefloopError and subclasses) into one clear line, exit 1.
+
+    Output and messages can quote stored text (prompts, names): control characters in them are
+    printed as visible escapes, never sent raw to the terminal (prefloop.safetext).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with terminal_safe_stdout():
+                return super().invoke(ctx)
         except PrefloopError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(terminal_safe(str(error))) from None
 
 
 @click.group(cls=PrefloopGroup)

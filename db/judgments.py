@@ -61,16 +61,27 @@ class JudgmentQueries(Connection):
             )
             return judgment_id, True
 
-    def undo_last_judgment(self, annotator_id: int) -> dict | None:
-        """Remove the annotator's latest vote; its pair is served to them again next."""
+    def undo_last_judgment(
+        self, annotator_id: int, not_before: str | None = None, above_id: int = 0
+    ) -> dict | None:
+        """Remove the annotator's latest vote; its pair is served to them again next.
+
+        Refused (StoreError) when that vote was cast before ``not_before`` or its id is not
+        above ``above_id`` (a round's data); the rules live in ``prefloop.annotate.votes``.
+        """
         with self.write() as db:
             last = db.execute(
-                "select id, pair_id from judgments where annotator_id = ? order by id desc limit 1",
+                "select id, pair_id, created_at from judgments where annotator_id = ? "
+                "order by id desc limit 1",
                 [annotator_id],
             ).fetchone()
             if last is None:
                 return None
-            judgment_id, pair_id = last
+            judgment_id, pair_id, created_at = last
+            if judgment_id <= above_id:
+                raise StoreError("your latest vote is already training data for a round; it stays")
+            if not_before is not None and created_at < not_before:
+                raise StoreError("your latest vote is too old to undo; it stays")
             db.execute("delete from judgments where id = ?", [judgment_id])
             db.execute(
                 "update pairs set judgments_count = judgments_count - 1, "

@@ -25,11 +25,27 @@ def _figure(title: str, ylabel: str):
 
     figure = Figure(figsize=(6, 3.6), dpi=110)
     axes = figure.subplots()
-    axes.set_title(title)
+    axes.set_title(title, parse_math=False)  # titles hold a version name: plain text
     axes.set_xlabel("version")
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     return figure, axes
+
+
+MAX_LABEL_CHARS = 40  # a longer name is unreadable on an axis, and slow to lay out
+
+
+def short_label(name: object) -> str:
+    text = str(name)
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+
+
+def _versions_axis(axes, names: list) -> list[int]:
+    """Positions 0..n-1 on the x axis, labelled with the names as plain text, never mathtext
+    (a name like ``v$\\undefinedcmd$`` made every figure raise)."""
+    positions = list(range(len(names)))
+    axes.set_xticks(positions, [short_label(n) for n in names], parse_math=False)
+    return positions
 
 
 def _empty(axes, message: str) -> None:
@@ -38,7 +54,7 @@ def _empty(axes, message: str) -> None:
 
 def win_rate_figure(rows: list[dict], key: str = "win_rate_vs_base", base: str = "v0"):
     """Win rate against the base per version, with its 95% interval as error bars."""
-    figure, axes = _figure(f"win rate vs {base} (ties count half)", "win rate")
+    figure, axes = _figure(f"win rate vs {short_label(base)} (ties count half)", "win rate")
     points = [r for r in rows if r.get(key) is not None]
     if not points:
         _empty(axes, "no battles yet: queue some with `prefloop battles create`")
@@ -50,7 +66,7 @@ def win_rate_figure(rows: list[dict], key: str = "win_rate_vs_base", base: str =
         low, high = r.get("win_rate_ci") or (r.get("ci_low"), r.get("ci_high"))
         lows.append(v - low if low is not None else 0)
         highs.append(high - v if high is not None else 0)
-    axes.errorbar(names, values, yerr=[lows, highs], fmt="o-", capsize=4)
+    axes.errorbar(_versions_axis(axes, names), values, yerr=[lows, highs], fmt="o-", capsize=4)
     axes.axhline(0.5, color="gray", linestyle="--", linewidth=1)
     axes.set_ylim(0, 1)
     figure.tight_layout()
@@ -63,7 +79,7 @@ def heldout_accuracy_figure(rows: list[dict]):
     if not points:
         _empty(axes, "no held-out judgments yet")
         return figure
-    axes.plot([r["version"] for r in points], [r["heldout_accuracy"] for r in points], "o-")
+    axes.plot(_versions_axis(axes, [r["version"] for r in points]), [r["heldout_accuracy"] for r in points], "o-")
     axes.axhline(0.5, color="gray", linestyle="--", linewidth=1)
     axes.set_ylim(0, 1)
     figure.tight_layout()
@@ -76,7 +92,7 @@ def length_figure(rows: list[dict], key: str = "mean_words"):
     if not points:
         _empty(axes, "no held-out generations yet")
         return figure
-    axes.bar([r["version"] for r in points], [r[key] for r in points], color="tab:orange")
+    axes.bar(_versions_axis(axes, [r["version"] for r in points]), [r[key] for r in points], color="tab:orange")
     figure.tight_layout()
     return figure
 

@@ -282,3 +282,88 @@ def test_oversized_comment_and_answer_are_capped(store):
         ui.vote(store, token, screen.pair, "tie", reasons=[SQL])
     with pytest.raises(Exception, match="unknown vote"):
         ui.vote(store, token, screen.pair, "<script>")
+
+
+# -- issue 12: slow-highlight inputs, hostile version names, terminal escapes through import ------
+# Each must render within RENDER_BOUND_S on the CI machine (83dfaf7: ```autoit + 7,900 spaces
+# took 7 s; ```scala + a run of backslashes did not finish in minutes).
+RENDER_BOUND_S = 1.0
+SLOW_HIGHLIGHT = [
+    ("autoit-spaces", "```autoit\n" + " " * 7_900 + "\n```"),
+    ("fan-spaces", "```fan\n" + " " * 7_900 + "\n```"),
+    ("scala-backslashes", '```scala\n"' + "\\" * 3_000 + "\n```"),
+    ("c-space-newlines", "```c\nx" + " \n" * 3_900 + "```"),
+    ("cpp-many-blocks", ("```cpp\n" + "x \n" * 330 + "```\n") * 8),
+    ("python-space-newlines", "```python\n" + " \n" * 3_950 + "```"),
+    ("ini-tabs", '```ini\n"' + "\t" * 7_900 + "\n```"),
+    ("unknown-lang", "```" + "x" * 500 + "\n" + " " * 7_900 + "\n```"),
+    ("unclosed-fence", "```autoit\n" + " " * 11_000),
+    ("markdown-brackets", "[" * 12_000),
+    ("markdown-images", "![" * 6_000),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in SLOW_HIGHLIGHT], ids=[c[0] for c in SLOW_HIGHLIGHT])
+def test_slow_highlight_inputs_render_within_the_bound(text):
+    import time
+
+    for render in (render_prompt, render_markdown):
+        started = time.perf_counter()
+        assert_inert(render(text))
+        assert time.perf_counter() - started < RENDER_BOUND_S, render.__name__
+
+
+HOSTILE_VERSION_NAMES = [
+    "<img src=http://evil.example/p.png>",
+    "[re-enter password](http://evil.example)",
+    "v$\\undefinedcmd$",
+    "v1\x1b[2J\x1b]0;owned\x07",
+    "v\x00",
+    "v1\u202e",
+    "x" * 10_000,
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_VERSION_NAMES, ids=range(len(HOSTILE_VERSION_NAMES)))
+def test_hostile_version_names_are_refused_and_render_inert_if_already_stored(store, name):
+    """Refused where they enter; one already stored (an old import) shows as text."""
+    import time
+
+    from prefloop.evaluate import plots
+    from prefloop.ui.render import markdown_text
+
+    with pytest.raises(Exception, match="invalid model version name"):
+        store.add_version(name, "base", "models/x")
+    started = time.perf_counter()
+    figures = plots.figures([{"version": "v0", "win_rate_vs_base": 0.5, "heldout_accuracy": 0.5,
+                              "mean_words": 3},
+                             {"version": name, "win_rate_vs_base": 0.6, "heldout_accuracy": 0.6,
+                              "mean_words": 4}], base=name)
+    for figure in figures.values():
+        figure.canvas.draw()
+    assert time.perf_counter() - started < 5 * RENDER_BOUND_S
+    assert_inert(markdown_text(name))
+    assert "](" not in markdown_text(name) and "$" not in markdown_text(name).replace("\\$", "")
+
+
+TERMINAL_ESCAPES = ["\x1b[2J", "\x1b]0;owned\x07", "\x00", "\x9b31m", "\x7f"]
+
+
+@pytest.mark.parametrize("escape", TERMINAL_ESCAPES, ids=range(len(TERMINAL_ESCAPES)))
+def test_terminal_escapes_arriving_through_import_are_refused(store, tmp_path, escape):
+    """`prefloop import` now makes the checks `prompts import` always made."""
+    from prefloop.app import cli
+
+    seed(store)
+    header = {"format": "prefloop-judgments", "version": 1}
+    stamp = "2026-01-01T00:00:00+00:00"
+    generation = {"version": "v0", "text": "answer", "params": {}, "seed": 1, "created_at": stamp}
+    record = {"prompt": {"text": f"question {escape}", "split": "train"},
+              "pair": {"purpose": "train", "judgments_wanted": 1, "created_at": stamp},
+              "generation_a": generation, "generation_b": {**generation, "seed": 2},
+              "shown_left": "a", "annotator": "alice", "choice": "a", "created_at": stamp}
+    (tmp_path / "j.jsonl").write_bytes(jsonl(header, record))
+    before = store.table_dump()
+    result = CliRunner().invoke(cli, ["import", str(tmp_path / "j.jsonl")])
+    assert result.exit_code == 1 and "control character" in result.output, result.output
+    assert escape not in result.output and store.table_dump() == before

@@ -17,19 +17,21 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from prefloop.annotate import auth, guidelines
+from prefloop.annotate import auth, guidelines, votes
 from prefloop.annotate.sampler import stream_live_pair
 from prefloop.db.store import Store
-from prefloop.errors import PrefloopError
+from prefloop.errors import InputError, PrefloopError
+from prefloop.safetext import first_control
 from prefloop.ui.render import (
     highlight_css,
+    markdown_text,
     panel,
     render_conversation,
     render_markdown,
@@ -88,7 +90,7 @@ def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[s
         token, user = auth.sign_in(store, name, password, client=client)
     except PrefloopError as error:
         return None, str(error)
-    return token, f"Signed in as **{html.escape(user['name'])}** ({user['role']})."
+    return token, f"Signed in as **{markdown_text(user['name'])}** ({user['role']})."
 
 
 def sign_out(store: Store, token: str | None) -> tuple[None, str]:
@@ -108,9 +110,9 @@ def progress_line(store: Store, user: dict) -> str:
     counts = store.annotator_counts(user["id"])
     version = store.active_version()
     queue = store.queued_pairs(version["id"]) if version else 0
-    model = f"model **{html.escape(version['name'])}**" if version else "no active model"
+    model = f"model **{markdown_text(version['name'])}**" if version else "no active model"
     return (
-        f"**{html.escape(user['name'])}** ({user['role']}) · {counts['today']} today · "
+        f"**{markdown_text(user['name'])}** ({user['role']}) · {counts['today']} today · "
         f"{counts['total']} overall · {queue} pairs in queue · {model}"
     )
 
@@ -153,18 +155,19 @@ def vote(
     user = auth.require_role(store, token, "annotator")
     if not pair:
         return next_pair(store, token, "No pair was shown; here is the next one.", rng=rng)
+    pair = shown_pair(pair)
     choice = side_to_choice(pair, side)
-    unknown = set(reasons or ()) - set(REASON_TAGS)
-    if unknown:
-        raise PrefloopError(f"unknown reason tags: {', '.join(sorted(unknown))}")
+    reasons = reason_tags(reasons)
+    comment = text_input(comment, "the comment", MAX_COMMENT_CHARS)
+    better_answer = text_input(better_answer, "the better answer", MAX_BETTER_ANSWER_CHARS)
     try:
         _, created = store.record_judgment(
             user["id"],
-            int(pair["pair_id"]),
+            pair["pair_id"],
             choice,
-            better_answer=(better_answer or "").strip()[:MAX_BETTER_ANSWER_CHARS] or None,
-            reasons=list(reasons or []) or None,
-            comment=(comment or "").strip()[:MAX_COMMENT_CHARS] or None,
+            better_answer=better_answer or None,
+            reasons=reasons or None,
+            comment=comment or None,
             elapsed_ms=_elapsed_ms(pair),
         )
     except PrefloopError as error:
@@ -182,16 +185,19 @@ def skip(store: Store, token: str | None, pair: dict | None, rng=None) -> Screen
     """Skip the shown pair: it is never served to you again."""
     user = auth.require_role(store, token, "annotator")
     if pair:
-        store.skip_pair(user["id"], int(pair["pair_id"]))
+        store.skip_pair(user["id"], shown_pair(pair)["pair_id"])
     screen = next_pair(store, token, "Skipped.", rng=rng)
     screen.clear_inputs = True
     return screen
 
 
 def undo(store: Store, token: str | None, pair: dict | None = None, rng=None) -> Screen:
-    """Take back your latest vote and show that pair again, on the same sides as before."""
+    """Take back your latest vote and show that pair again, on the same sides as before.
+
+    Only a vote from the last ``votes.UNDO_WINDOW_S`` that no training round has taken yet.
+    """
     user = auth.require_role(store, token, "annotator")
-    assignment = store.undo_last_judgment(user["id"])
+    assignment = votes.undo_latest(store, user["id"])
     if assignment is None:
         return next_pair(store, token, "Nothing to undo.", rng=rng)
     return _pair_screen(store, user, assignment, "Undone: your last vote was removed; vote again.")
@@ -202,11 +208,16 @@ def live_prompt(
 ) -> Iterator[Screen]:
     """Stream both responses to an annotator's own prompt, then make the pair votable."""
     user = auth.require_role(store, token, "annotator")
+    if prompt_text is not None and not isinstance(prompt_text, str):
+        raise InputError("the prompt must be text")
     prompt_text = (prompt_text or "").strip()
     if not prompt_text:
         raise PrefloopError("type a prompt first")
     if len(prompt_text) > MAX_LIVE_PROMPT_CHARS:
         raise PrefloopError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
+    control = first_control(prompt_text)  # the rule `prompts import` and `import` apply
+    if control:
+        raise PrefloopError(f"the prompt holds control character U+{ord(control[1]):04X}; remove it")
     prompt_html = render_prompt(prompt_text)
     progress = progress_line(store, user)
     for item in stream_live_pair(store, user["id"], prompt_text, params):
@@ -224,6 +235,44 @@ def live_prompt(
             message="Generating both responses…",
             progress=progress,
         )
+
+
+# -- inputs: every event value checked for type and size before use ----------------------------
+def text_input(value: Any, name: str, limit: int) -> str:
+    """Optional text from a form: trimmed and cut to ``limit``; anything but text is refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text")
+    return value.strip()[:limit]
+
+
+def reason_tags(reasons: Any) -> list[str]:
+    """Known tags only, each once, in the order given (200,000 x 'safer' is one 'safer')."""
+    if reasons is None:
+        return []
+    if not isinstance(reasons, (list, tuple)) or not all(isinstance(r, str) for r in reasons):
+        raise InputError("reasons must be a list of tags")
+    unknown = sorted(set(reasons) - set(REASON_TAGS))
+    if unknown:
+        shown = ", ".join(repr(u[:40]) for u in unknown[:3]) + (" …" if len(unknown) > 3 else "")
+        raise PrefloopError(f"unknown reason tags: {shown}")
+    return list(dict.fromkeys(reasons))
+
+
+def shown_pair(pair: Any) -> dict:
+    """The pair state the page sends back, checked: ids are whole numbers, times numbers/text."""
+    ids = ("pair_id", "left_generation_id", "generation_a_id", "generation_b_id")
+    if not isinstance(pair, dict) or not all(
+        isinstance(pair.get(k), int) and not isinstance(pair.get(k), bool) for k in ids
+    ):
+        raise InputError("the shown pair is missing or malformed; press Refresh")
+    shown_at, served_at = pair.get("shown_at"), pair.get("served_at")
+    if (shown_at is not None and (isinstance(shown_at, bool) or not isinstance(shown_at, (int, float)))) or (
+        served_at is not None and not isinstance(served_at, str)
+    ):
+        raise InputError("the shown pair is missing or malformed; press Refresh")
+    return {k: pair[k] for k in ids} | {"shown_at": shown_at, "served_at": served_at}
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -274,7 +323,7 @@ def _waiting_screen(store: Store, user: dict, version: dict | None, message: str
         queue = store.queued_pairs(version["id"])
         note = (
             f"⏳ The sampler is preparing pairs: {queue} in queue, version "
-            f"{html.escape(version['name'])}. This page checks again every {POLL_SECONDS} s "
+            f"{markdown_text(version['name'])}. This page checks again every {POLL_SECONDS} s "
             "(or press Refresh); meanwhile you can try your own prompt below."
         )
     empty = '<div class="pf-waiting">No pair to judge right now.</div>'
@@ -291,10 +340,14 @@ def _waiting_screen(store: Store, user: dict, version: dict | None, message: str
 def _elapsed_ms(pair: dict) -> int | None:
     """Time from the pair being shown to the vote, measured on the server."""
     if pair.get("shown_at"):
-        return max(1, int((time.time() - float(pair["shown_at"])) * 1000))
+        elapsed = (time.time() - float(pair["shown_at"])) * 1000
+        return max(1, int(elapsed)) if math.isfinite(elapsed) else None
     if pair.get("served_at"):
-        served = dt.datetime.fromisoformat(pair["served_at"])
-        return max(1, int((dt.datetime.now(dt.timezone.utc) - served).total_seconds() * 1000))
+        try:
+            served = dt.datetime.fromisoformat(pair["served_at"])
+            return max(1, int((dt.datetime.now(dt.timezone.utc) - served).total_seconds() * 1000))
+        except (ValueError, TypeError, OverflowError):
+            return None
     return None
 
 
@@ -479,8 +532,8 @@ def build_annotate_tab(store: Store, token_state) -> dict:
         def run(*args):
             try:
                 return to_outputs(action(*args))
-            except PrefloopError as error:
-                return [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
+            except PrefloopError as error:  # may quote what was sent: shown as text
+                return [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
 
         return run
 
@@ -519,7 +572,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             for screen in live_prompt(store, token, text):
                 yield to_outputs(screen)
         except PrefloopError as error:
-            yield [gr.update()] * 4 + [f"⚠️ {error}"] + [gr.update()] * 5
+            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
 
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
     live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,

@@ -15,10 +15,11 @@ from prefloop.annotate.sampler import sample_battle_pairs
 from prefloop.db.store import Store
 from prefloop.engine import models
 from prefloop.engine.generation import SamplingParams, stream
-from prefloop.errors import PrefloopError, StoreError
+from prefloop.errors import InputError, PrefloopError, StoreError
 from prefloop.evaluate import arena, plots
 from prefloop.evaluate.annotators import annotator_dashboard
 from prefloop.evaluate.report import build_report
+from prefloop.ui.render import markdown_text
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
@@ -61,7 +62,8 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
     ]
     alpha = report["agreement"]["krippendorff_alpha"]
     summary = (
-        f"{board['battles']} battles judged; ratings on the Elo scale with {board['anchor']} = 1000 "
+        f"{board['battles']} battles judged; ratings on the Elo scale with "
+        f"{markdown_text(board['anchor'])} = 1000 "
         f"(ties and both-bad count half a win each). Krippendorff's alpha over "
         f"{report['agreement']['multiply_judged_pairs']} pairs judged more than once: "
         f"{'n/a' if alpha is None else f'{alpha:.2f}'}."
@@ -80,8 +82,32 @@ def evaluation_figures(store: Store, token: str | None, report: dict | None = No
 
 def version_names(store: Store, token: str | None) -> list[str]:
     auth.require_role(store, token, "annotator")
-    # imported versions are lineage-only rows (annotate/transfer.py): no weights to load
+    return _servable_versions(store)
+
+
+def _servable_versions(store: Store) -> list[str]:
+    # imported versions are lineage-only rows (annotate/transfer.py): no weights to load;
+    # rejected candidates failed their gate and are not for showing
     return [v["name"] for v in store.list_versions() if v["status"] not in ("rejected", "imported")]
+
+
+def _pick_version(store: Store, name: object) -> str:
+    """A version picked in a dropdown: one of the servable names, else one line that names none
+    of the others (the list is the dropdown's, for those allowed to see it)."""
+    if not isinstance(name, str) or not name:
+        raise InputError("pick a version on each side")
+    if name not in _servable_versions(store):
+        raise InputError("pick a version from the list (press Load versions to refresh it)")
+    return name
+
+
+def _whole_number(value: object, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, type(None))):
+        raise InputError(f"{label} must be a whole number")
+    try:
+        return int(float(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{label} must be a whole number") from None
 
 
 def queue_battles(
@@ -99,16 +125,17 @@ def queue_battles(
         raise PrefloopError("pick two versions")
     if version_a == version_b:
         raise PrefloopError("a battle needs two different versions")
-    n_prompts = int(n_prompts or 0)
+    n_prompts = _whole_number(n_prompts, "held-out prompts")
     if n_prompts < 1:
         raise PrefloopError("battle on at least one prompt")
-    store.require_version(version_a)
-    store.require_version(version_b)
+    _pick_version(store, version_a)
+    _pick_version(store, version_b)
     ids = sample_battle_pairs(store, version_a, version_b, n_prompts=n_prompts, split="heldout",
                               progress=progress)
     if not ids:
         return "no held-out prompts to battle on: import some first"
-    return f"queued {len(ids)} blind battle pairs {version_a} vs {version_b}; they appear in Annotate"
+    return (f"queued {len(ids)} blind battle pairs {markdown_text(version_a)} vs "
+            f"{markdown_text(version_b)}; they appear in Annotate")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,15 +153,15 @@ def demo_compare(
     """Stream two versions' answers to one prompt, side by side: yields (text_a, text_b)."""
     auth.require_role(store, token, "annotator")
 
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError("the prompt must be text")
     prompt = (prompt or "").strip()
     if not prompt:
         raise PrefloopError("type a prompt first")
     if len(prompt) > MAX_DEMO_PROMPT_CHARS:
         raise PrefloopError(f"prompts are at most {MAX_DEMO_PROMPT_CHARS} characters")
     for name in (version_a, version_b):
-        if not name:
-            raise PrefloopError("pick a version on each side")
-        store.require_version(name)
+        _pick_version(store, name)
     params = SamplingParams.from_dict(store.get_setting("sampling"))
     messages = [{"role": "user", "content": prompt}]
     streams = []
@@ -153,7 +180,7 @@ def demo_compare(
 # layout
 # --------------------------------------------------------------------------------------------
 def _warn(error: StoreError) -> str:
-    return f"⚠️ {error}"
+    return f"⚠️ {markdown_text(error)}"  # errors can quote what was typed: shown as text
 
 
 def build_evaluate_tab(store: Store, token_state) -> dict:
@@ -178,8 +205,8 @@ def build_evaluate_tab(store: Store, token_state) -> dict:
     agreement_table = gr.Dataframe(headers=AGREEMENT_HEADERS, interactive=False)
     gr.Markdown("#### Queue blind battles for annotators")
     with gr.Row():
-        battle_a = gr.Dropdown(label="version A", choices=[], allow_custom_value=True)
-        battle_b = gr.Dropdown(label="version B", choices=[], allow_custom_value=True)
+        battle_a = gr.Dropdown(label="version A", choices=[])
+        battle_b = gr.Dropdown(label="version B", choices=[])
         battle_n = gr.Number(label="held-out prompts", value=20, precision=0, minimum=1)
         battle_button = gr.Button("Queue battles")
     battle_message = gr.Markdown()
@@ -222,8 +249,8 @@ def build_demo_tab(store: Store, token_state) -> dict:
     import gradio as gr
 
     with gr.Row():
-        version_a = gr.Dropdown(label="left version", choices=[], allow_custom_value=True)
-        version_b = gr.Dropdown(label="right version", choices=[], allow_custom_value=True)
+        version_a = gr.Dropdown(label="left version", choices=[])
+        version_b = gr.Dropdown(label="right version", choices=[])
         load_button = gr.Button("Load versions", size="sm")
     prompt = gr.Textbox(label="prompt", lines=3, placeholder="Ask both versions the same thing")
     run = gr.Button("Compare", variant="primary")

@@ -168,6 +168,21 @@ def panel(title: str, body_html: str, elem_class: str = "") -> str:
     )
 
 
+_MARKDOWN_SPECIALS = "\\`*_[]()#!|$~"
+
+
+def markdown_text(text: object) -> str:
+    """Untrusted text to embed in a ``gr.Markdown`` message: shown as typed, never as markup.
+
+    HTML is escaped (``<img src=..>`` is text, not a request to another host) and Markdown and
+    LaTeX punctuation is backslash-escaped (no links, emphasis or ``$`` math).
+
+    Example: f"⚠️ {markdown_text(error)}"
+    """
+    escaped = html.escape(str(text), quote=False)
+    return "".join("\\" + c if c in _MARKDOWN_SPECIALS else c for c in escaped)
+
+
 def highlight_css() -> str:
     """CSS for highlighted code, scoped to ``.pf-code``."""
     return _formatter.get_style_defs(".pf-code")

@@ -13,7 +13,7 @@ from typing import Any
 from prefloop.annotate import auth
 from prefloop.db.store import Store
 from prefloop.engine import models
-from prefloop.errors import PrefloopError
+from prefloop.errors import InputError, PrefloopError
 from prefloop.train.config import METHODS, PRECISIONS, RoundConfig
 from prefloop.train.rounds import (
     promote_round,
@@ -22,6 +22,7 @@ from prefloop.train.rounds import (
     round_rows,
     start_round,
 )
+from prefloop.ui.render import markdown_text
 
 ROUND_HEADERS = ["id", "method", "parent", "version", "status", "progress", "pairs", "lr", "beta", "epochs",
                  "lora_rank", "train_loss", "heldout_acc", "outcome", "created"]
@@ -32,6 +33,18 @@ REFRESH_SECONDS = 2.0
 # --------------------------------------------------------------------------------------------
 # handlers
 # --------------------------------------------------------------------------------------------
+def _round_id(value: Any) -> int | None:
+    """A round picked in the dropdown (a number or its text), or None; else one clear message."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError("pick a round from the list")
+    try:
+        return int(value)
+    except (ValueError, OverflowError):
+        raise InputError("pick a round from the list") from None
+
+
 def start_round_action(
     store: Store, token: str | None, method: str, learning_rate: float, epochs: float, beta: float,
     lora_rank: int, min_new_pairs: int | None = None, precision: str = "auto",
@@ -48,9 +61,9 @@ def start_round_action(
         ).validate()
         round_id = start_round(store, config)
     except PrefloopError as error:
-        return f"**Not started:** {error}"
+        return f"**Not started:** {markdown_text(error)}"
     except (TypeError, ValueError) as error:
-        return f"**Not started:** check the numbers ({error})"
+        return f"**Not started:** check the numbers ({markdown_text(error)})"
     return f"Round {round_id} started ({method}); it trains in the background, the table follows it."
 
 
@@ -60,9 +73,9 @@ def readiness_text(store: Store, token: str | None) -> str:
 
         state = readiness(store)
     except PrefloopError as error:
-        return f"**{error}**"
+        return f"**{markdown_text(error)}**"
     verdict = "ready to train" if state["ready"] else f"need {max(state['need'], 1) - state['have']} more"
-    return (f"Active version **{state['parent']}**: {state['have']} new preference pairs "
+    return (f"Active version **{markdown_text(state['parent'])}**: {state['have']} new preference pairs "
             f"(gate: {state['need']}) — {verdict}.")
 
 
@@ -84,9 +97,10 @@ def curve_frames(store: Store, token: str | None, round_id: int | None) -> dict[
 
     auth.require_role(store, token, "maintainer")
     empty = pd.DataFrame({"step": [], "value": [], "metric": []})
-    if round_id in (None, ""):
+    round_id = _round_id(round_id)
+    if round_id is None:
         return {name: empty for name in CURVES}
-    rows = store.round_metrics(int(round_id))
+    rows = store.round_metrics(round_id)
     out = {}
     for name, metrics in CURVES.items():
         picked = [r for r in rows if r["name"] in metrics]
@@ -104,18 +118,19 @@ def decide_action(store: Store, token: str | None, action: str, round_id: int | 
 
         if action == "rollback":
             version = models.rollback(store)
-            return f"Rolled back: **{version['name']}** is active again."
-        if round_id in (None, ""):
+            return f"Rolled back: **{markdown_text(version['name'])}** is active again."
+        round_id = _round_id(round_id)
+        if round_id is None:
             return "**Pick a round first.**"
         if action == "promote":
-            done = promote_round(store, int(round_id))
-            return f"Round {round_id}: **{store.version(done['new_version_id'])['name']}** is now active."
+            done = promote_round(store, round_id)
+            return f"Round {round_id}: **{markdown_text(store.version(done['new_version_id'])['name'])}** is now active."
         if action == "reject":
-            done = reject_round(store, int(round_id))
-            return f"Round {round_id}: {store.version(done['new_version_id'])['name']} rejected."
-        return f"**Unknown action {action!r}.**"
+            done = reject_round(store, round_id)
+            return f"Round {round_id}: {markdown_text(store.version(done['new_version_id'])['name'])} rejected."
+        return f"**Unknown action {markdown_text(repr(action))}.**"
     except PrefloopError as error:
-        return f"**{error}**"
+        return f"**{markdown_text(error)}**"
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +173,8 @@ def build_train_tab(store: Store, token_state) -> dict:
     def refresh(token, selected):
         try:
             choices = round_choices(store, token)
-            selected = selected if selected not in (None, "") and int(selected) in choices else (choices[0] if choices else None)
+            selected = _round_id(selected)
+            selected = selected if selected in choices else (choices[0] if choices else None)
             frames = curve_frames(store, token, selected)
             rows = rounds_table(store, token)
         except PrefloopError:
