@@ -352,7 +352,7 @@ TERMINAL_ESCAPES = ["\x1b[2J", "\x1b]0;owned\x07", "\x00", "\x9b31m", "\x7f"]
 @pytest.mark.parametrize("escape", TERMINAL_ESCAPES, ids=range(len(TERMINAL_ESCAPES)))
 def test_terminal_escapes_arriving_through_import_are_refused(store, tmp_path, escape):
     """`prefloop import` now makes the checks `prompts import` always made."""
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     seed(store)
     header = {"format": "prefloop-judgments", "version": 1}

@@ -240,7 +240,7 @@ def test_version_names_are_validated_where_they_enter(store, name):
 
 def test_version_names_are_shown_as_text_everywhere(store, tmp_path):
     """Names that predate the rule still render inert: table, summary, plots, demo, CLI."""
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     populate(store)
     legacy_version(store, HTML_NAME)
@@ -283,7 +283,7 @@ def _tab_handlers(store) -> dict:
 
 
 def test_the_cli_never_prints_terminal_control_characters(store):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     populate(store)
     store.add_prompts([{"text": "evil \x1b]0;owned\x07 \x1b[2J\x00 \u202egnp.exe", "source": "x"}])
@@ -304,7 +304,7 @@ def test_the_cli_never_prints_terminal_control_characters(store):
 ])
 def test_import_applies_the_interactive_checks(store, tmp_path, field, value, expected):
     from prefloop.annotate.transfer import export_judgments
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     populate(store)
     export_judgments(store, tmp_path / "j.jsonl")
@@ -363,7 +363,7 @@ def test_reasons_are_known_tags_once_and_wrong_types_are_one_message(store):
 
 
 def test_a_second_serve_on_a_taken_port_says_so_in_one_line(store):
-    from prefloop.app import cli
+    from prefloop.cli import cli
 
     store.add_version("v0", "base", "models/v0")
     store.set_active_version("v0")

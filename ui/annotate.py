@@ -26,6 +26,14 @@ from typing import Any, Iterator
 
 from prefloop.annotate import auth, guidelines, votes
 from prefloop.annotate.sampler import stream_live_pair
+from prefloop.annotate.votes import (
+    MAX_BETTER_ANSWER_CHARS,
+    MAX_COMMENT_CHARS,
+    MAX_LIVE_PROMPT_CHARS,
+    REASON_TAGS,
+    reason_tags,
+    text_input,
+)
 from prefloop.db.store import Store
 from prefloop.errors import InputError, PrefloopError
 from prefloop.safetext import first_control
@@ -50,18 +58,7 @@ VOTE_BUTTONS = (
 )
 SKIP_BUTTON = ("Skip (S)", "pf-skip", "s")
 UNDO_BUTTON = ("Undo (U)", "pf-undo", "u")
-REASON_TAGS = (
-    "more helpful",
-    "more accurate",
-    "safer",
-    "more concise",
-    "better formatted",
-    "follows instructions",
-)
 POLL_SECONDS = 3  # how often an empty queue is re-checked; cheap (one count query)
-MAX_BETTER_ANSWER_CHARS = 8_000
-MAX_COMMENT_CHARS = 2_000
-MAX_LIVE_PROMPT_CHARS = 4_000
 
 
 @dataclass
@@ -238,28 +235,6 @@ def live_prompt(
 
 
 # -- inputs: every event value checked for type and size before use ----------------------------
-def text_input(value: Any, name: str, limit: int) -> str:
-    """Optional text from a form: trimmed and cut to ``limit``; anything but text is refused."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InputError(f"{name} must be text")
-    return value.strip()[:limit]
-
-
-def reason_tags(reasons: Any) -> list[str]:
-    """Known tags only, each once, in the order given (200,000 x 'safer' is one 'safer')."""
-    if reasons is None:
-        return []
-    if not isinstance(reasons, (list, tuple)) or not all(isinstance(r, str) for r in reasons):
-        raise InputError("reasons must be a list of tags")
-    unknown = sorted(set(reasons) - set(REASON_TAGS))
-    if unknown:
-        shown = ", ".join(repr(u[:40]) for u in unknown[:3]) + (" …" if len(unknown) > 3 else "")
-        raise PrefloopError(f"unknown reason tags: {shown}")
-    return list(dict.fromkeys(reasons))
-
-
 def shown_pair(pair: Any) -> dict:
     """The pair state the page sends back, checked: ids are whole numbers, times numbers/text."""
     ids = ("pair_id", "left_generation_id", "generation_a_id", "generation_b_id")
