@@ -135,6 +135,7 @@ def serve(host: str, port: int, no_sampler: bool, trusted_proxies: tuple[str, ..
         click.echo(line)
     scheduler = Scheduler(store)  # reaping and auto-training, off the vote path
     scheduler.start()
+    auth.warm_up()  # the timing of an unknown name matches a wrong password from the first try
     filler = None
     if not no_sampler:
 

@@ -132,6 +132,11 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
+def warm_up() -> None:
+    """Build the dummy hash before the first sign-in, so no unknown name is ever the slow first one."""
+    _dummy_hash()
+
+
 def _limiter_keys(name: str, client: str) -> list[tuple[str, int]]:
     """(key, limit): a name from anywhere, and (more leniently) one address for any names."""
     keys = [(f"name:{name_key(name)}", SIGN_IN_ATTEMPTS)] if name else []
