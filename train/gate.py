@@ -17,7 +17,7 @@ plain drift would count as agreement (issue 14). Divided by length, a uniform dr
 Promotion needs all of:
 * at least ``gate_min_rows`` judgments (fewer: the verdict is "wait", nothing is promoted);
 * the one-sided 95% Wilson lower bound of the agreement rate above 0.5 (a candidate that agrees
-  by chance passes about 5% of the time, whatever the count: at 30 rows it needs 21 agreements);
+  by chance passes about 5% of the time, whatever the count: at 30 rows it needs 20 agreements);
 * drift guards, measured on the same held-out prompts:
   - ``length_ratio``: the candidate's mean response tokens over the parent's, from fresh samples
     with the production sampling settings, within [gate_min_length_ratio, gate_max_length_ratio]
