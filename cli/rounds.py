@@ -111,6 +111,9 @@ def _echo_result(current: dict, version: str | None) -> None:
     gate = metrics.get("gate") or {}
     if gate.get("verdict"):
         click.echo(f"gate: {gate['verdict']}")
+    for name, guard in (gate.get("guards") or {}).items():
+        bounds = f"[{guard.get('min')}, {guard.get('max')}]" if "min" in guard else f"<= {guard.get('max')}"
+        click.echo(f"  {name:<17} {guard.get('value')}  {bounds}  {'ok' if guard.get('ok') else 'FAILED'}")
 
 
 def _log_path(round_id: int) -> str:

@@ -176,6 +176,18 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
     return result
 
 
+def numbers_line(verdict: dict) -> str:
+    """Every number behind a verdict on one line: rows, agreement, its bound, each guard."""
+    g = verdict["guards"]
+
+    def f(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    return (f"rows {verdict['rows']}, agreement {f(verdict['accuracy'], '.3f')}, 95% low {f(verdict['lower_bound'], '.3f')}, "
+            f"length x{f(g['length_ratio']['value'], '.2f')}, chosen log-prob drop {f(g['chosen_logp_drop']['value'], '.3f')}"
+            f"/token, KL {f(g['kl']['value'], '.3f')}/token")
+
+
 def _guard_text(name: str, guard: dict) -> str:
     value = guard["value"]
     if value is None:
@@ -203,9 +215,14 @@ def sample_lengths(store: Store, candidate_model, tokenizer, parent: dict, rows:
     if not prompt_ids:
         return None
     parent_rows = [g for g in store.generation_texts(split="heldout", version=parent["name"])
-                   if g["prompt_id"] in set(prompt_ids) and g["completion_tokens"] is not None]
+                   if g["prompt_id"] in set(prompt_ids)]
     if not parent_rows:
         return None
+    parent_tokens = [  # token counts as sampled; counted from the text where none was recorded
+        g["completion_tokens"] if g["completion_tokens"] is not None
+        else len(tokenizer(g["text"], add_special_tokens=False)["input_ids"])
+        for g in parent_rows
+    ]
     params = SamplingParams.from_dict(store.get_setting("sampling"))
     prompts = [store.prompt(pid) for pid in prompt_ids]
     conversations = [p.get("messages") or [{"role": "user", "content": p["text"]}] for p in prompts]
@@ -214,7 +231,7 @@ def sample_lengths(store: Store, candidate_model, tokenizer, parent: dict, rows:
     candidate_tokens = [o.completion_tokens for o in outputs]
     return {
         "candidate": sum(candidate_tokens) / len(candidate_tokens),
-        "parent": sum(g["completion_tokens"] for g in parent_rows) / len(parent_rows),
+        "parent": sum(parent_tokens) / len(parent_tokens),
         "prompts": len(prompt_ids),
         "candidate_cutoff_rate": sum(o.finish_reason == "length" for o in outputs) / len(outputs),
         "parent_cutoff_rate": sum(g["finish_reason"] == "length" for g in parent_rows) / len(parent_rows),

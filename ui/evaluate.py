@@ -17,7 +17,7 @@ from prefloop.evaluate import arena
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
-                   "mean words", "length x base", "distinct-2", "refusals"]
+                   "mean words", "length x base", "distinct-2", "refusals", "cut off", "gate"]
 AGREEMENT_HEADERS = ["annotator", "judgments", "gold votes", "gold accuracy", "mean kappa"]
 MAX_DEMO_PROMPT_CHARS = 4000
 
@@ -45,6 +45,7 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
             v["version"], v["status"], v["method"], v["dataset_size"], _r(v["heldout_accuracy"]),
             _r(v["win_rate_vs_base"]), f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else None,
             _r(v["mean_words"], 1), _r(v["length_ratio"], 2), _r(v["distinct_2"]), _r(v["refusal_rate"]),
+            _r(v.get("cutoff_rate")), (v.get("gate") or {}).get("decision"),
         ])
     agreement_rows = [[a["annotator"], a["judgments"], a["gold_votes"], _r(a["gold_accuracy"]),
                        _r(a["mean_kappa"])] for a in report["agreement"]["annotators"]]
