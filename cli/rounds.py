@@ -22,7 +22,7 @@ def _store() -> Store:
 # --------------------------------------------------------------------------------------------
 @click.command("train")
 @click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True, help="preference loss")
-@click.option("--lr", "learning_rate", type=float, default=None, help="learning rate (default 5e-5)")
+@click.option("--lr", "learning_rate", type=float, default=None, help="learning rate (default 3e-4)")
 @click.option("--epochs", type=float, default=None, help="passes over the round's rows (default 2)")
 @click.option("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
 @click.option("--beta", type=float, default=None, help="DPO KL strength / ORPO odds-ratio weight (default 0.1)")
@@ -46,7 +46,7 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
     follows it with a progress bar. The gate (min_new_pairs setting) refuses a round with too few
     new preference pairs.
 
-    Example: prefloop train --method dpo --lr 5e-5 --epochs 2
+    Example: prefloop train --method dpo --lr 3e-4 --epochs 2
     """
     from prefloop.train.config import RoundConfig
     from prefloop.train.rounds import create_round, run_round, start_round
