@@ -13,6 +13,8 @@ from prefloop.errors import ConfigError, PrefloopError
 from safetensors.torch import load_file
 from test_dataset import add_judged_pairs
 
+from tests.training_checks import assert_unchanged, base_state, learned
+
 FAST = dict(max_steps=3, batch_size=2, gradient_accumulation=1, max_length=96, max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3)
 
 
@@ -209,6 +211,7 @@ def test_child_process_round_finishes(tiny_v0):
     final = wait_round(store, round_id, timeout=150, poll_s=0.5, on_progress=lambda r: seen.append(r["progress"]))
     assert final["status"] in ("promoted", "trained"), final
     assert final["new_version_id"] and seen[-1] == 1.0
+    assert learned(store, store.require_version(final["new_version_id"])["name"])
     log = (store.path.parent / "rounds" / str(round_id) / "log.txt").read_text()
     assert '"round_id"' in log
 
@@ -245,8 +248,10 @@ def test_accelerate_env_does_not_break_the_entry_point(tiny_v0, monkeypatch, cap
         monkeypatch.setenv(key, value)
     assert make_parser().parse_args(["--round", "3"]).round_id == 3
     round_id = new_round(store)
+    before = base_state(store)
     assert main(["--round", str(round_id)]) == 0
-    assert store.round(round_id)["new_version_id"]
+    assert store.round(round_id)["new_version_id"] and learned(store, "v1")
+    assert_unchanged(before, base_state(store))
     assert main(["--config-json", "{not json"]) == 1
     assert "not valid JSON" in capsys.readouterr().err
 
@@ -266,7 +271,7 @@ def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
     monkeypatch.setattr(dpo_trainer, "use_adapter", counting)
     store = ready_store(tiny_v0)
     summary = rounds.run_round(store, new_round(store, max_steps=3))
-    assert summary["steps"] == 3
+    assert summary["steps"] == 3 and learned(store, summary["version"])
     assert len(calls) == 1  # 6 rows fit one reference batch; none of the 3 steps ran the reference again
 
     def per_step(config, on_gpu, folder):  # TRL's default: the reference runs inside every step
@@ -285,7 +290,8 @@ def test_round_records_phase_times_and_peak_memory(tiny_v0):
     round_id = new_round(store)
     run_round(store, round_id)
     metrics = store.round(round_id)["metrics"]
-    assert set(metrics["phase_s"]) == {"load", "prepare", "train", "heldout", "save"}
+    assert learned(store, "v1")
+    assert set(metrics["phase_s"]) == {"load", "prepare", "train", "save", "gate"}
     assert all(seconds >= 0 for seconds in metrics["phase_s"].values()) and metrics["phase_s"]["train"] > 0
     assert 50 < metrics["peak_rss_mb"] < 64 * 1024  # torch alone is more than 50 MiB
 
@@ -306,7 +312,10 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
         return trainer
 
     monkeypatch.setattr(rounds, "_make_trainer", spy)
-    rounds.run_round(store, new_round(store, method=method, precision="bf16", max_steps=1))
+    before = base_state(store)
+    summary = rounds.run_round(store, new_round(store, method=method, precision="bf16", max_steps=1))
+    assert learned(store, summary["version"])  # its one step ran at full rate (no warmup step at lr 0)
+    assert_unchanged(before, base_state(store))
     args = seen["args"]
     assert args.bf16 is True and args.use_cpu is (not torch.cuda.is_available())
     assert args.activation_checkpointing is False and args.per_device_train_batch_size == 2
