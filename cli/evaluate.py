@@ -62,12 +62,14 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
              f"({w['ties']} ties, {w['both_bad']} both bad){shown}")
     echo()
     echo("Versions")
-    echo(f"  {'version':<10}{'method':<8}{'rows':>6}{'acc':>7}{'win vs base':>13}{'words':>8}{'len x':>7}{'dist-2':>8}{'refuse':>8}")
+    echo(f"  {'version':<10}{'method':<8}{'rows':>6}{'acc':>7}{'win vs base':>13}{'words':>8}{'len x':>7}{'dist-2':>8}{'refuse':>8}"
+         f"{'cut off':>9}  gate")
     for v in report["versions"]:
         echo(f"  {v['version']:<10}{(v['method'] or '-'):<8}{_fmt(v['dataset_size'], 'd'):>6}"
              f"{_fmt(v['heldout_accuracy'], '.2f'):>7}{_fmt(v['win_rate_vs_base'], '.1%'):>13}"
              f"{_fmt(v['mean_words'], '.1f'):>8}{_fmt(v['length_ratio'], '.2f'):>7}"
-             f"{_fmt(v['distinct_2'], '.2f'):>8}{_fmt(v['refusal_rate'], '.0%'):>8}")
+             f"{_fmt(v['distinct_2'], '.2f'):>8}{_fmt(v['refusal_rate'], '.0%'):>8}"
+             f"{_fmt(v.get('cutoff_rate'), '.0%'):>9}  {(v.get('gate') or {}).get('decision') or '-'}")
     agreement = report["agreement"]
     if agreement["annotators"]:
         echo()

@@ -48,7 +48,7 @@ def train_command(config_json, wait, in_process, create_only, **options) -> None
     follows it with a progress bar. The gate (min_new_pairs setting) refuses a round with too few
     new preference pairs.
 
-    Example: prefloop train --method dpo --lr 5e-5 --epochs 2
+    Example: prefloop train --method dpo --lr 3e-4 --epochs 2
     """
 
     values = {}
@@ -110,6 +110,9 @@ def _echo_result(current: dict, version: str | None) -> None:
     gate = metrics.get("gate") or {}
     if gate.get("verdict"):
         click.echo(f"gate: {gate['verdict']}")
+    for name, guard in (gate.get("guards") or {}).items():
+        bounds = f"[{guard.get('min')}, {guard.get('max')}]" if "min" in guard else f"<= {guard.get('max')}"
+        click.echo(f"  {name:<17} {guard.get('value')}  {bounds}  {'ok' if guard.get('ok') else 'FAILED'}")
 
 
 def _log_path(round_id: int) -> str:

@@ -96,26 +96,45 @@ def sequence_logps(
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 indices = order[start : start + batch_size]
-                batch = [encoded[i] for i in indices]
-                width = max(len(ids) for ids, _ in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                scored = torch.zeros((len(batch), width), dtype=torch.bool)
-                for i, (ids, prompt_len) in enumerate(batch):
-                    input_ids[i, : len(ids)] = torch.tensor(ids)
-                    attention[i, : len(ids)] = 1
-                    scored[i, prompt_len : len(ids)] = True
-                input_ids, attention, scored = input_ids.to(device), attention.to(device), scored.to(device)
-                logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-                targets = input_ids[:, 1:]
-                token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                sums = (token_logps * scored[:, 1:]).sum(-1).tolist()
-                counts = scored[:, 1:].sum(-1).tolist()
-                for i, value, count in zip(indices, sums, counts):
+                sums, counts = batch_logps(model, [encoded[i] for i in indices], pad, device)
+                for i, value, count in zip(indices, sums.tolist(), counts.tolist()):
                     out[i] = (value, int(count)) if with_counts else value
     finally:
         model.train(was_training)
     return out
+
+
+def batch_logps(model, batch: list[tuple[list[int], int]], pad: int, device=None):
+    """(summed completion log-probs, completion token counts) of encoded rows, as tensors (the
+    caller decides about gradients).
+
+    Rows are padded on the left, so every completion ends at the last position: the LM head (and
+    its soft-max over the whole vocabulary, most of the cost of a small model) runs only over
+    the last positions that hold completion tokens, never over prompts or padding. Position ids
+    count from each row's first real token, so a row's numbers do not depend on its batch mates.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    keep = max(len(ids) - start for ids, start in batch) + 1
+    keep = min(keep, width)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    scored = torch.zeros((len(batch), width), dtype=torch.bool)
+    for i, (ids, start) in enumerate(batch):
+        offset = width - len(ids)
+        input_ids[i, offset:] = torch.tensor(ids)
+        attention[i, offset:] = 1
+        scored[i, offset + start :] = True
+    positions = (attention.cumsum(-1) - 1).clamp_min(0)
+    if device is not None:
+        input_ids, attention, scored, positions = (t.to(device) for t in (input_ids, attention, scored, positions))
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
+    logits = logits[:, :-1].float()  # position t predicts token t + 1
+    targets = input_ids[:, width - keep + 1 :]
+    mask = scored[:, width - keep + 1 :]
+    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
 def _encode(

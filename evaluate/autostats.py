@@ -72,16 +72,23 @@ def stats_by_version(rows: Iterable[dict], baseline: str = "v0") -> list[dict]:
     """Rows with ``version``, ``text`` (and ``completion_tokens``) -> one stats dict per version.
 
     ``length_ratio`` is mean words relative to ``baseline`` (None when it has no answers).
+    ``cutoff_rate`` is the share of answers that hit max_new_tokens (``finish_reason`` "length"),
+    among those whose finish reason is recorded (None when none is).
     """
     texts: dict[str, list[str]] = defaultdict(list)
     tokens: dict[str, list] = defaultdict(list)
+    finishes: dict[str, list] = defaultdict(list)
     order: list[str] = []
     for row in rows:
         if row["version"] not in texts:
             order.append(row["version"])
         texts[row["version"]].append(row["text"])
         tokens[row["version"]].append(row.get("completion_tokens"))
-    table = [{"version": v, **text_stats(texts[v], tokens[v])} for v in order]
+        if row.get("finish_reason"):
+            finishes[row["version"]].append(row["finish_reason"])
+    table = [{"version": v, **text_stats(texts[v], tokens[v]),
+              "cutoff_rate": (sum(f == "length" for f in finishes[v]) / len(finishes[v])) if finishes[v] else None}
+             for v in order]
     base = next((r for r in table if r["version"] == baseline), None)
     for row in table:
         row["length_ratio"] = (

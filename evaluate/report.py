@@ -56,6 +56,7 @@ def version_rows(store: Store) -> list[dict]:
                 "method": made["method"] if made else version["card"].get("method"),
                 "dataset_size": made.get("dataset_size") if made else None,
                 "heldout_accuracy": accuracy,
+                "gate": _gate_summary(metrics.get("gate")),
             }
         )
     return rows
@@ -96,7 +97,7 @@ def build_report(
         row["win_rate_vs_base"] = vs_base.get(row["version"], {}).get("win_rate")
         row["win_rate_ci"] = [vs_base[row["version"]]["ci_low"], vs_base[row["version"]]["ci_high"]] \
             if row["version"] in vs_base else None
-        for key in ("mean_words", "distinct_2", "refusal_rate", "length_ratio"):
+        for key in ("mean_words", "distinct_2", "refusal_rate", "length_ratio", "cutoff_rate"):
             row[key] = stats.get(row["version"], {}).get(key)
     return _clean(
         {
@@ -106,6 +107,13 @@ def build_report(
             "agreement": agreement.agreement_report(store),
         }
     )
+
+
+def _gate_summary(verdict: dict | None) -> dict | None:
+    """The gate's verdict on the round that made a version (issue 14's evidence gate), or None."""
+    if not isinstance(verdict, dict) or "decision" not in verdict:
+        return None
+    return {k: verdict.get(k) for k in ("decision", "reason", "rows", "accuracy", "lower_bound", "failed_guards")}
 
 
 def _base_name(store: Store) -> str | None:

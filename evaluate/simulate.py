@@ -240,7 +240,10 @@ def run_simulation(
         log(f"sampling setting of this home set to {params.to_dict()} (the options given)")
     gate_pairs = heldout_pairs_wanted(store, config)
     if gate_pairs and store.count_prompts("heldout") == 0:
-        raise PrefloopError("no held-out prompts for the gate: import some or pass --heldout-pairs 0")
+        if config.heldout_pairs:
+            raise PrefloopError("no held-out prompts for the gate: import some or pass --heldout-pairs 0")
+        gate_pairs = 0
+        log("no held-out prompts: no gate pairs, so the gate can only wait (see --force-promote)")
     started_all = time.perf_counter()
     results = []
     stopped = None

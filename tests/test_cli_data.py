@@ -221,7 +221,7 @@ def test_settings_list_and_set(home, run):
     store = Store()
     assert store.get_setting("judgments_per_pair") == 3
     assert store.get_setting("sampling")["temperature"] == 0.5
-    assert store.get_setting("sampling")["max_new_tokens"] == 160  # merged, not replaced
+    assert store.get_setting("sampling")["max_new_tokens"] == 384  # merged, not replaced
     listed = json.loads(run("settings", "list", "--json").output)
     assert listed["gold_rate"] == 0.25
     assert "judgments_per_pair" in run("settings", "list").output

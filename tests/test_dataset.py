@@ -206,3 +206,24 @@ def test_export_plain_and_bad_targets(store, tmp_path):
         export_rows(store, tmp_path / "missing" / "x.jsonl")
     with pytest.raises(PrefloopError, match="format must be"):
         export_rows(store, tmp_path / "x.csv", fmt="csv")
+
+
+def test_cut_off_answers_are_marked_in_rows_and_exports(store, tmp_path):
+    """Issue 14: a response that hit max_new_tokens is marked wherever the data leaves the store."""
+    from prefloop.train.dataset import export_rows
+
+    version = _ensure_version(store)
+    store.add_prompts([{"text": "Cut?", "split": "train", "source": "test"}])
+    prompt_id = store.list_prompts()[0]["id"]
+    gen = lambda text, seed, reason: {"version_id": version["id"], "text": text, "seed": seed,  # noqa: E731
+                                      "params": {}, "finish_reason": reason}
+    pair = store.add_pair(prompt_id, gen("It stops in the mid", 1, "length"), gen("Done.", 2, "stop"), judgments_wanted=1)
+    judge(store, pair, "ann", "a", better="A written answer.")
+    path, n = export_rows(store, tmp_path / "prefs.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert n == 3
+    vote = next(r for r in rows if r["source"] == "vote:a")
+    assert vote["chosen_cut_off"] is True and vote["rejected_cut_off"] is False
+    written = {r["source"]: r for r in rows if r["source"].startswith("better")}
+    assert written["better_answer_vs_a"]["rejected_cut_off"] is True
+    assert written["better_answer_vs_b"]["chosen_cut_off"] is False

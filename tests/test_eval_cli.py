@@ -101,9 +101,29 @@ def test_simulate_cli_json_shape(tiny_v0):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)  # the whole of stdout is one JSON object: nothing else
     (first,) = payload["rounds"]
-    for key in ("version", "win_rate_vs_v0", "ci_low", "ci_high", "pairs", "seconds"):
+    for key in ("version", "win_rate_vs_v0", "ci_low", "ci_high", "pairs", "seconds", "cutoff_rate", "gate"):
         assert key in first
-    assert first["version"] == "v1"
+    assert first["version"] == "v1" and 0 <= first["cutoff_rate"] <= 1
+    assert set(first["gate"]) == {"promoted", "decision", "reason", "rows", "accuracy", "lower_bound", "guards"}
+    assert first["gate"]["decision"] == "wait" and first["heldout_pairs"] == 4  # 4 held-out prompts < 30 rows
+    assert 0 <= payload["v0"]["cutoff_rate"] <= 1 and payload["active"] == "v0"
+
+
+def test_simulate_cli_seeds_report_mean_and_spread(tiny_v0):
+    tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(4)]
+                        + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(2)])
+    result = CliRunner().invoke(cli, [
+        "simulate", "--judge", "tests.sim_judges:decisive", "--rounds", "1", "--pairs-per-round", "4",
+        "--eval-prompts", "2", "--heldout-pairs", "2", "--max-new-tokens", "6", "--seeds", "2", "--force-promote",
+        "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [run["seed"] for run in payload["seeds"]] == [0, 1]
+    assert all(run["rounds"][0]["version"] == "v1" and run["active"] == "v1" for run in payload["seeds"])
+    (round_1,) = payload["summary"]["rounds"]
+    win = round_1["win_rate_vs_v0"]
+    assert win["n"] == 2 and win["min"] <= win["mean"] <= win["max"] and win["sd"] is not None
+    assert tiny_v0.active_version()["name"] == "v0" and tiny_v0.stats()["rounds"] == 0  # fresh homes per seed
 
 
 def test_simulate_cli_reports_an_early_stop(tiny_v0):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from training_checks import assert_unchanged, base_state, learned
 
 from prefloop.errors import JudgeError, PrefloopError
 from prefloop.evaluate import judges
 from prefloop.train.config import RoundConfig
 from tests.sim_judges import always_tie, decisive
-from tests.training_checks import assert_unchanged, base_state, learned
 
 LIST = "Here you go:\n- first\n- second\n- third"
 PROSE = "Here you go: first, then second, and third, all in one sentence for you."

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from conftest import force_setting
 from test_dataset import PASSWORD, add_judged_pairs, annotator
 from test_rounds import FAST
+from training_checks import assert_unchanged, base_state, learned
 
 from prefloop.annotate import auth
 from prefloop.cli import cli
@@ -34,9 +35,13 @@ def test_train_in_process_then_rounds_commands(tiny_v0):
     force_setting(store, "promotion_min_accuracy", 1.01)  # keep the candidate waiting
     add_judged_pairs(store, 4)
     add_judged_pairs(store, 2, split="heldout", tag="h")
+    before = base_state(store)
     result = invoke("train", "--in-process", "--min-new-pairs", "1", "--config-json", fast_json())
     assert result.exit_code == 0, result.output
-    assert "round 1 trained: version v1, 4 pairs" in result.output and "awaiting a maintainer" in result.output
+    assert "round 1 trained: version v1, 4 pairs" in result.output and "the candidate waits" in result.output
+    assert "gate: wait: too little evidence: 2 held-out judgments" in result.output and "rows 2" in result.output
+    assert learned(store, "v1")
+    assert_unchanged(before, base_state(store))
 
     listing = invoke("rounds", "list")
     assert "dpo" in listing.output and "v1" in listing.output and "trained" in listing.output
@@ -131,8 +136,10 @@ def test_ui_handlers_run_the_loop(tiny_v0):
 
     round_id = create_round(store, RoundConfig(**FAST, min_new_pairs=1))
     run_round(store, round_id)
+    assert learned(store, "v1")
     rows = ui.rounds_table(store, boss)
     assert rows[0][ui.ROUND_HEADERS.index("status")] == "trained"
+    assert rows[0][ui.ROUND_HEADERS.index("outcome")].startswith("wait: too little evidence")  # the verdict, with numbers
     frames = ui.curve_frames(store, boss, round_id)
     assert len(frames["loss"]) >= 1 and set(frames["margin"]["metric"]) == {"rewards/margins", "rewards/accuracies"}
     assert "v1** is now active" in ui.decide_action(store, boss, "promote", round_id)

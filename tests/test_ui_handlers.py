@@ -92,6 +92,24 @@ def test_signed_out_token_stops_working(tiny_v0):
         ui.next_pair(tiny_v0, token)
 
 
+@pytest.mark.parametrize("left_draw", [0.1, 0.9])
+def test_a_cut_off_response_says_so_on_its_side(tiny_v0, left_draw):
+    """Issue 14: a response that hit max_new_tokens is marked "cut off" where it is shown."""
+    version = tiny_v0.active_version()
+    tiny_v0.add_prompts([{"text": "prompt cut", "source": "test"}])
+    prompt_id = tiny_v0.list_prompts()[0]["id"]
+    tiny_v0.add_pair(
+        prompt_id,
+        {"version_id": version["id"], "text": "stops mid", "seed": 1, "params": {}, "finish_reason": "length"},
+        {"version_id": version["id"], "text": "finished.", "seed": 2, "params": {}, "finish_reason": "stop"},
+        judgments_wanted=1,
+    )
+    screen = ui.next_pair(tiny_v0, signed_in(tiny_v0, "alice"), rng=LeftPicker(left_draw))
+    cut, whole = (screen.left_html, screen.right_html) if left_draw < 0.5 else (screen.right_html, screen.left_html)
+    assert "stops mid" in cut and "(cut off)" in cut and "hit the length limit" in cut
+    assert "finished." in whole and "cut off" not in whole
+
+
 # -- votes ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("left_draw, left_is_a", [(0.1, True), (0.9, False)])
 @pytest.mark.parametrize("side", ["left", "right"])

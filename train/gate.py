@@ -17,7 +17,7 @@ plain drift would count as agreement (issue 14). Divided by length, a uniform dr
 Promotion needs all of:
 * at least ``gate_min_rows`` judgments (fewer: the verdict is "wait", nothing is promoted);
 * the one-sided 95% Wilson lower bound of the agreement rate above 0.5 (a candidate that agrees
-  by chance passes about 5% of the time, whatever the count: at 30 rows it needs 21 agreements);
+  by chance passes about 5% of the time, whatever the count: at 30 rows it needs 20 agreements);
 * drift guards, measured on the same held-out prompts:
   - ``length_ratio``: the candidate's mean response tokens over the parent's, from fresh samples
     with the production sampling settings, within [gate_min_length_ratio, gate_max_length_ratio]
@@ -177,6 +177,18 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
     return result
 
 
+def numbers_line(verdict: dict) -> str:
+    """Every number behind a verdict on one line: rows, agreement, its bound, each guard."""
+    g = verdict["guards"]
+
+    def f(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    return (f"rows {verdict['rows']}, agreement {f(verdict['accuracy'], '.3f')}, 95% low {f(verdict['lower_bound'], '.3f')}, "
+            f"length x{f(g['length_ratio']['value'], '.2f')}, chosen log-prob drop {f(g['chosen_logp_drop']['value'], '.3f')}"
+            f"/token, KL {f(g['kl']['value'], '.3f')}/token")
+
+
 def _guard_text(name: str, guard: dict) -> str:
     value = guard["value"]
     if value is None:
@@ -202,9 +214,14 @@ def sample_lengths(store: Store, candidate_model, tokenizer, parent: dict, rows:
     if not prompt_ids:
         return None
     parent_rows = [g for g in store.generation_texts(split="heldout", version=parent["name"])
-                   if g["prompt_id"] in set(prompt_ids) and g["completion_tokens"] is not None]
+                   if g["prompt_id"] in set(prompt_ids)]
     if not parent_rows:
         return None
+    parent_tokens = [  # token counts as sampled; counted from the text where none was recorded
+        g["completion_tokens"] if g["completion_tokens"] is not None
+        else len(tokenizer(g["text"], add_special_tokens=False)["input_ids"])
+        for g in parent_rows
+    ]
     params = SamplingParams.from_dict(store.get_setting("sampling"))
     prompts = [store.prompt(pid) for pid in prompt_ids]
     conversations = [p.get("messages") or [{"role": "user", "content": p["text"]}] for p in prompts]
@@ -213,7 +230,7 @@ def sample_lengths(store: Store, candidate_model, tokenizer, parent: dict, rows:
     candidate_tokens = [o.completion_tokens for o in outputs]
     return {
         "candidate": sum(candidate_tokens) / len(candidate_tokens),
-        "parent": sum(g["completion_tokens"] for g in parent_rows) / len(parent_rows),
+        "parent": sum(parent_tokens) / len(parent_tokens),
         "prompts": len(prompt_ids),
         "candidate_cutoff_rate": sum(o.finish_reason == "length" for o in outputs) / len(outputs),
         "parent_cutoff_rate": sum(g["finish_reason"] == "length" for g in parent_rows) / len(parent_rows),

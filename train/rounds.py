@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -412,7 +413,9 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         train_runtime_s=round(time.monotonic() - started, 1), phase_s=clock.phases, peak_rss_mb=peak_rss_mb(),
     )
     card["metrics"].update(heldout_accuracy=verdict["accuracy"], heldout_rows=verdict["rows"], gate=verdict)
-    store.update_version(version["id"], card={**version["card"], "metrics": card["metrics"]})
+    full_card = {**version["card"], "metrics": card["metrics"]}
+    store.update_version(version["id"], card=full_card)
+    (models.version_path(version) / "prefloop_card.json").write_text(json.dumps(full_card, indent=2))
 
     active = store.active_version()
     still_parent = active is not None and active["id"] == parent["id"]
@@ -428,7 +431,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     else:
         status = "trained"
         verdict["reason"] += "; the candidate waits (prefloop rounds promote ID to override)"
-    verdict["verdict"] = f"{verdict['decision']}: {verdict['reason']}"  # the one line the CLI shows
+    verdict["verdict"] = f"{verdict['decision']}: {verdict['reason']} ({gate.numbers_line(verdict)})"  # CLI, Train tab
     store.update_round(round_id, status=status, metrics=metrics, progress=1.0, finished_at=now())
     return {"round_id": round_id, "version": version["name"], "status": status, **metrics}
 

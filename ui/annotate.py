@@ -251,6 +251,12 @@ def shown_pair(pair: Any) -> dict:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+# A response that hit max_new_tokens (finish_reason "length") stops mid-thought: say so, so the
+# annotator judges what is there, not an ending that never came.
+CUT_OFF_TITLE = " (cut off)"
+CUT_OFF_NOTE = '<p class="pf-cut-off"><em>cut off: this response hit the length limit</em></p>'
+
+
 def _pair_screen(
     store: Store, user: dict, assignment: dict, message: str = "", clear: bool = False
 ) -> Screen:
@@ -260,6 +266,8 @@ def _pair_screen(
         if left_is_a
         else (assignment["text_b"], assignment["text_a"])
     )
+    sides = ("a", "b") if left_is_a else ("b", "a")
+    left_cut, right_cut = (assignment.get(f"finish_reason_{side}") == "length" for side in sides)
     pair = {
         "pair_id": assignment["id"],
         "left_generation_id": assignment["left_generation_id"],
@@ -271,8 +279,10 @@ def _pair_screen(
     return Screen(
         pair=pair,
         prompt_html=_prompt_panel(assignment),
-        left_html=panel("Response A", render_markdown(left_text), "pf-left"),
-        right_html=panel("Response B", render_markdown(right_text), "pf-right"),
+        left_html=panel("Response A" + (CUT_OFF_TITLE if left_cut else ""),
+                        render_markdown(left_text) + (CUT_OFF_NOTE if left_cut else ""), "pf-left"),
+        right_html=panel("Response B" + (CUT_OFF_TITLE if right_cut else ""),
+                         render_markdown(right_text) + (CUT_OFF_NOTE if right_cut else ""), "pf-right"),
         message=message,
         progress=progress_line(store, user),
         clear_inputs=clear,

@@ -23,7 +23,7 @@ from prefloop.ui.render import markdown_text
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
-                   "mean words", "length x base", "distinct-2", "refusals"]
+                   "mean words", "length x base", "distinct-2", "refusals", "cut off", "gate"]
 AGREEMENT_HEADERS = ["annotator", "votes", "per day", "median s", "ties", "both bad", "left side",
                      "gold votes", "gold accuracy", "agreement", "mean kappa", "flags"]
 MAX_DEMO_PROMPT_CHARS = 4000
@@ -51,6 +51,7 @@ def evaluation_tables(store: Store, token: str | None, bootstrap: int = 500) -> 
             v["version"], v["status"], v["method"], v["dataset_size"], _r(v["heldout_accuracy"]),
             _r(v["win_rate_vs_base"]), f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else None,
             _r(v["mean_words"], 1), _r(v["length_ratio"], 2), _r(v["distinct_2"]), _r(v["refusal_rate"]),
+            _r(v.get("cutoff_rate")), (v.get("gate") or {}).get("decision"),
         ])
     kappas = {a["annotator"]: a["mean_kappa"] for a in report["agreement"]["annotators"]}
     agreement_rows = [
