@@ -25,6 +25,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "promotion_min_accuracy": 0.5,  # held-out preference accuracy a candidate must reach
     "auto_train_every": 0,  # start a round every N new judgments; 0 = off
     "sampling": {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 160},
+    # who decodes: {"kind": "torch"} (the built-in loop) or {"kind": "vllm", "url": ...}; engine/engines.py
+    "engine": {"kind": "torch"},
 }
 
 
