@@ -443,9 +443,10 @@ def concatenate_adapters(folders: list[Path], out: Path) -> dict:
         merged[b_key] = torch.cat(b_blocks, 1).contiguous()
     targets = sorted({m.rsplit(".", 1)[-1] for m in modules})
     config = {**configs[-1], "r": total, "lora_alpha": total, "use_rslora": False, "target_modules": targets,
-              "lora_dropout": 0.0, "prefloop_concatenated": [str(f) for f in folders]}
+              "lora_dropout": 0.0}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(merged, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (out / "prefloop_chain.json").write_text(json.dumps({"concatenated": [str(f) for f in folders]}, indent=2))
     return config
