@@ -20,7 +20,7 @@ stored in every generation's params. Which engine is the ``engine`` setting's jo
 Same settings, same seeds: every response is its own request with its own ``seed`` (vLLM draws a
 seeded request from its own generator, so its text does not depend on the other requests), the
 prompt is sent as the token ids the torch loop would decode from (the same chat template, applied
-here), and it stops on the same end-of-turn ids. ``finish_reason`` is the server's: ``length``
+here), it stops on the same end-of-turn ids, and texts are stripped as the loop strips them. ``finish_reason`` is the server's: ``length``
 means cut off at ``max_new_tokens``. vLLM applies ``repetition_penalty`` to prompt tokens as well
 as generated ones (the torch loop: generated only), so rows carry their engine.
 
@@ -331,7 +331,7 @@ class ServerEngine(Engine):
             if usage:
                 rows[i].prompt_tokens = int(usage.get("prompt_tokens", 0))
                 rows[i].completion_tokens = int(usage.get("completion_tokens", 0))
-            yield [r.text for r in rows]
+            yield [r.text.strip() for r in rows]  # as the torch loop shows text: stripped
         return [_generated(r, s) for r, s in zip(rows, seeds)]
 
 
@@ -350,7 +350,7 @@ def _finish(reason: str | None) -> str:
 
 
 def _generated(row: _Row, seed: int) -> Generated:
-    return Generated(text=row.text, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+    return Generated(text=row.text.strip(), prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
                      finish_reason=row.finish_reason, latency_ms=row.done_at * 1000, seed=int(seed))
 
 

@@ -53,6 +53,8 @@ def vllm_python() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
+    if os.environ.get("PREFLOOP_VLLM_MODEL"):  # with PREFLOOP_VLLM_URL: a server already running it
+        return Path(os.environ["PREFLOOP_VLLM_MODEL"]).resolve()
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,7 +79,7 @@ def start_vllm_server(python: Path, model_dir: Path, log_path: Path, port: int |
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_LOGGING_LEVEL": "INFO", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1", "PYTHONPATH": ""}
-    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+    command = [str(python.parent / "vllm"), "serve", str(model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", "512",
                "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2",
                "--max-num-seqs", "64", "--seed", "0"]
@@ -101,6 +103,9 @@ def start_vllm_server(python: Path, model_dir: Path, log_path: Path, port: int |
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_model_dir, tmp_path_factory):
+    if os.environ.get("PREFLOOP_VLLM_URL"):  # developing: reuse a server you started (see start_vllm_server)
+        yield {"url": os.environ["PREFLOOP_VLLM_URL"], "process": None, "start_s": 0.0, "log": None}
+        return
     python = vllm_python()
     log_path = tmp_path_factory.mktemp("vllm-log") / "server.log"
     process, url, seconds = start_vllm_server(python, vllm_model_dir, log_path)
@@ -271,7 +276,8 @@ def test_vllm_promotion_hot_swaps_without_restarting_the_server(vllm_store, vllm
     assert vllm_store.queued_pairs(v1["id"]) > 0
     served = urllib.request.urlopen(vllm_server["url"] + "/v1/models").read().decode()
     assert "prefloop-v1-" in served
-    assert vllm_server["process"].poll() is None  # the same server process, base never reloaded
+    if vllm_server["process"] is not None:
+        assert vllm_server["process"].poll() is None  # the same server process, base never reloaded
 
 
 def test_vllm_live_pair_streams_through_the_engine(vllm_store):
