@@ -79,7 +79,8 @@ def start_vllm_server(python: Path, model_dir: Path, log_path: Path, port: int |
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_LOGGING_LEVEL": "INFO", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1", "PYTHONPATH": ""}
-    command = [str(python.parent / "vllm"), "serve", str(model_dir),
+    # the module, not the `vllm` script: that looks up the distribution "vllm", and this one is "vllm-cpu"
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", "512",
                "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2",
                "--max-num-seqs", "64", "--seed", "0"]

@@ -47,6 +47,7 @@ from prefloop.engine import models
 from prefloop.engine.heldout import reward_margins
 from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.errors import PrefloopError, RoundError
+from prefloop.train import distributed
 from prefloop.train.config import RoundConfig
 from prefloop.train.dataset import (
     build_preference_rows,
@@ -369,7 +370,9 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     on_gpu = device.startswith("cuda")
     torch.manual_seed(config.seed)
     # A fresh copy: load_version's cached model is shared with the sampler and must not change.
-    model, _ = models.load_fresh(store, parent["name"], device, torch.float32)
+    # On a GPU: bf16 weights (an 8B parent is 16 GB, not 32), SDPA or flash attention, or a 4-bit
+    # parent (QLoRA); train/distributed.py.
+    model = distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu))
     clock.lap("load")
     # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
     fields = settings(config, on_gpu, folder)
@@ -379,8 +382,13 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         output = trainer.train()
         clock.lap("train")
     peft_model = trainer.model
+    # ZeRO-3/FSDP shard the adapter too: every rank gathers it, rank 0 saves it (distributed.py)
+    gathered = distributed.gathered_adapter_state(trainer)
     if not main:
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
+    if gathered is not None:
+        parent_model = distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu))
+        peft_model = distributed.unsharded_adapter_model(parent_model, peft_model, gathered)
 
     store.update_round(round_id, progress=0.92)
     heldout_rows = build_preference_rows(store, split="heldout")
