@@ -78,8 +78,14 @@ def test_the_fsdp_plugin_builds_from_the_launch_environment(monkeypatch):
     for key, value in env.items():
         if key.startswith(("FSDP_", "ACCELERATE_")):
             monkeypatch.setenv(key, value)
+    # what a CPU cannot take: rank 0 loading alone and broadcasting its weights (accelerate says so)
+    with pytest.raises(RuntimeError, match="sync_module_states"):
+        FullyShardedDataParallelPlugin()
+    assert env["FSDP_SYNC_MODULE_STATES"] == env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
+    monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
     plugin = FullyShardedDataParallelPlugin()
-    assert plugin.use_orig_params and plugin.sync_module_states
+    assert plugin.use_orig_params
     assert "FULL_STATE_DICT" in str(plugin.state_dict_type)
     assert "FULL_SHARD" in str(plugin.sharding_strategy)
 
