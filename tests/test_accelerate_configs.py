@@ -90,7 +90,7 @@ def test_the_fsdp_plugin_builds_from_the_launch_environment(monkeypatch):
     assert "FULL_SHARD" in str(plugin.sharding_strategy)
 
 
-def test_single_process_needs_no_gather_and_rank0_rebuild_is_exact(tiny_v0):
+def test_single_process_needs_no_gather_and_rank0_rebuild_is_exact(tiny_v0, tmp_path):
     """Outside ZeRO-3/FSDP nothing is gathered; the rank-0 rebuild (fresh parent + gathered
     adapter state) gives the trained adapter's logits exactly."""
     import torch
@@ -104,13 +104,23 @@ def test_single_process_needs_no_gather_and_rank0_rebuild_is_exact(tiny_v0):
     parent, tokenizer = models.load_fresh(tiny_v0, "v0", "cpu", torch.float32)
     trained = get_peft_model(parent, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                 init_lora_weights=False, task_type="CAUSAL_LM"))
-    assert distributed.gathered_adapter_state(SimpleNamespace(accelerator=Accelerator(cpu=True), model=trained)) is None
+    one_process = SimpleNamespace(accelerator=Accelerator(cpu=True), model=trained)
+    assert distributed.gathered_adapter_state(one_process) is None
+    assert distributed.finish_sharded(one_process, lambda model, rows: 1.0, [], lambda: None) is None
     state = get_peft_model_state_dict(trained)
     fresh, _ = models.load_fresh(tiny_v0, "v0", "cpu", torch.float32)
     rebuilt = distributed.unsharded_adapter_model(fresh, trained, state)
     ids = torch.tensor([tokenizer("a short test sentence")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(rebuilt(ids).logits, trained.eval()(ids).logits)
+    # what rank 0 writes from gathered tensors loads as the adapter PEFT itself would have saved
+    from peft import PeftModel
+
+    distributed.write_adapter(trained.peft_config["default"], state, tmp_path / "adapter")
+    again, _ = models.load_fresh(tiny_v0, "v0", "cpu", torch.float32)
+    loaded = PeftModel.from_pretrained(again, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, trained(ids).logits)
 
 
 def test_a_4bit_base_is_refused_on_cpu_with_the_reason(tiny_v0):

@@ -11,8 +11,9 @@ writes to the database. Three things differ from a single process, and live here
   trap of alignment-handbook #57 and OpenRLHF #436 (a 40-byte adapter_model.safetensors). Every
   rank takes part in gathering the adapter's parameters (only those: a gathered 70B base would
   not fit rank 0's memory), then rank 0 writes them.
-- ``unsharded_adapter_model``: rank 0's held-out scoring needs a model it can run alone; under
-  sharding it rebuilds the parent with the gathered adapter on its own device.
+- ``finish_sharded``: held-out scoring under ZeRO-3 runs on every rank together (no rank holds
+  the whole model); under FSDP rank 0 rebuilds the parent with the gathered adapter
+  (``unsharded_adapter_model``) and scores it alone.
 
 A 4-bit base (``RoundConfig.quantize_base = "4bit"``, QLoRA through bitsandbytes) needs a CUDA
 GPU: ``check_quantization`` refuses it anywhere else, with the reason.
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from prefloop.db.store import Store
 from prefloop.engine import models
@@ -102,7 +105,8 @@ def quantization_config():
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_quant_storage=torch.bfloat16)  # bf16 storage: FSDP/ZeRO-3 can shard it
 
 
 def attention_implementation() -> str:
@@ -158,6 +162,45 @@ def gathered_adapter_state(trainer) -> dict[str, Any] | None:
                              f"{len(state)}): refusing to save an empty adapter")
         return state
     return {}
+
+
+@dataclass
+class Sharded:
+    """What rank 0 keeps from a sharded round: the adapter's writer and its held-out accuracy."""
+
+    save: Callable[[Path], None]
+    accuracy: float | None
+
+
+def finish_sharded(trainer, score: Callable[[Any, list], float], heldout_rows: list,
+                   load_parent_model: Callable[[], Any]) -> Sharded | None:
+    """The end of a round under ZeRO-3 or FSDP; None under DDP, ZeRO-2 or one process.
+
+    Call it on EVERY rank. ZeRO-3: every rank scores the held-out rows on its shards together
+    (DeepSpeed gathers each layer as it runs, so no rank ever holds the whole model), then every
+    rank gathers the adapter. FSDP: the adapter is gathered to rank 0, which scores it on a whole
+    parent it loads itself (so under FSDP the parent must fit one GPU; use ZeRO-3 past that).
+    """
+    accelerator = getattr(trainer, "accelerator", None)
+    sharding = _sharding(accelerator)
+    if sharding is None:
+        return None
+    model = accelerator.unwrap_model(trainer.model)
+    accuracy = score(model, heldout_rows) if sharding == "zero3" and heldout_rows else None
+    state = gathered_adapter_state(trainer)
+    if not accelerator.is_main_process:
+        return Sharded(save=lambda folder: None, accuracy=None)
+    if sharding == "fsdp" and heldout_rows:
+        accuracy = score(unsharded_adapter_model(load_parent_model(), model, state), heldout_rows)
+    return Sharded(save=lambda folder: write_adapter(model.peft_config["default"], state, folder), accuracy=accuracy)
+
+
+def write_adapter(config, state: dict, folder: Path) -> None:
+    """An adapter folder as PEFT's save_pretrained writes it, from gathered tensors."""
+    from safetensors.torch import save_file
+
+    config.save_pretrained(str(folder))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(Path(folder) / "adapter_model.safetensors"))
 
 
 def unsharded_adapter_model(parent_model, sharded_peft_model, state: dict):

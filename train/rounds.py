@@ -382,17 +382,22 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         output = trainer.train()
         clock.lap("train")
     peft_model = trainer.model
-    # ZeRO-3/FSDP shard the adapter too: every rank gathers it, rank 0 saves it (distributed.py)
-    gathered = distributed.gathered_adapter_state(trainer)
+    # ZeRO-3/FSDP shard the adapter too: every rank takes part in gathering it (and, under ZeRO-3,
+    # in scoring it on the held-out rows); rank 0 saves what was gathered (train/distributed.py).
+    sharded = distributed.finish_sharded(
+        trainer, lambda model, rows: _adapter_accuracy(model, tokenizer, rows, config.max_length),
+        build_preference_rows(store, split="heldout"),
+        lambda: distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu)),
+    )
     if not main:
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
-    if gathered is not None:
-        parent_model = distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu))
-        peft_model = distributed.unsharded_adapter_model(parent_model, peft_model, gathered)
 
     store.update_round(round_id, progress=0.92)
     heldout_rows = build_preference_rows(store, split="heldout")
-    accuracy = _adapter_accuracy(peft_model, tokenizer, heldout_rows, config.max_length) if heldout_rows else None
+    if sharded is not None:
+        accuracy = sharded.accuracy
+    else:
+        accuracy = _adapter_accuracy(peft_model, tokenizer, heldout_rows, config.max_length) if heldout_rows else None
     clock.lap("heldout")
     final = _last_values(store.round_metrics(round_id))
     metrics = {
@@ -419,7 +424,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         "judgment_id_range": span,
         "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final", "heldout_accuracy", "heldout_rows")},
     }
-    version = models.register_adapter_version(store, parent["name"], peft_model.save_pretrained, card)
+    save = sharded.save if sharded is not None else peft_model.save_pretrained
+    version = models.register_adapter_version(store, parent["name"], save, card)
     clock.lap("save")
     metrics["phase_s"] = clock.phases
     store.update_round(round_id, new_version_id=version["id"], progress=0.97)
