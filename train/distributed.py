@@ -33,7 +33,13 @@ from prefloop.errors import RoundError
 from prefloop.train.config import QUANTIZE_CHOICES, RoundConfig
 
 
-def load_parent(store: Store, parent: str, device: str, config: RoundConfig, bf16: bool):
+def sharded_launch() -> bool:
+    """Whether accelerate launched this rank under ZeRO-3 or FSDP (read from its environment)."""
+    return (os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+            or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+
+
+def load_parent(store: Store, parent: str, device: str, config: RoundConfig, bf16: bool, *, whole: bool = False):
     """The round's parent, fresh (never the sampler's cached copy), as this device trains it.
 
     CPU: float32 weights (bf16 autocast where the CPU computes bf16; train/rounds.use_bf16).
@@ -47,7 +53,10 @@ def load_parent(store: Store, parent: str, device: str, config: RoundConfig, bf1
     if config.quantize_base == "4bit":
         return _load_parent_4bit(store, parent, device)
     dtype = torch.bfloat16 if on_gpu and bf16 else torch.float32
-    model, _ = models.load_fresh(store, parent, device, dtype)
+    # Under ZeRO-3/FSDP each rank loads the parent into host memory and DeepSpeed/FSDP move only
+    # its shard to the GPU (a whole 70B would not fit one). Not yet zero.Init's shard-by-shard
+    # loading: a host needs RAM for one bf16 copy per rank (README, "Scaling up").
+    model, _ = models.load_fresh(store, parent, "cpu" if sharded_launch() and not whole else device, dtype)
     if on_gpu and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(attention_implementation())
     return model
@@ -176,7 +185,7 @@ def finish_sharded(trainer, score: Callable[[Any, list], float], heldout_rows: l
                    load_parent_model: Callable[[], Any]) -> Sharded | None:
     """The end of a round under ZeRO-3 or FSDP; None under DDP, ZeRO-2 or one process.
 
-    Call it on EVERY rank. ZeRO-3: every rank scores the held-out rows on its shards together
+    Call it on EVERY rank; ``load_parent_model`` loads a whole parent on rank 0's GPU. ZeRO-3: every rank scores the held-out rows on its shards together
     (DeepSpeed gathers each layer as it runs, so no rank ever holds the whole model), then every
     rank gathers the adapter. FSDP: the adapter is gathered to rank 0, which scores it on a whole
     parent it loads itself (so under FSDP the parent must fit one GPU; use ZeRO-3 past that).

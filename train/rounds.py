@@ -387,7 +387,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     sharded = distributed.finish_sharded(
         trainer, lambda model, rows: _adapter_accuracy(model, tokenizer, rows, config.max_length),
         build_preference_rows(store, split="heldout"),
-        lambda: distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu)),
+        lambda: distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu), whole=True),
     )
     if not main:
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
