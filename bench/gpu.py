@@ -6,6 +6,8 @@ multi-GPU launch on the GPUs present. Every ratio is against a baseline measured
     python bench/gpu.py --vllm-python /opt/vllm/bin/python --prompts 128 --max-new-tokens 256
     python bench/gpu.py --skip-sampling --skip-rounds     # only the multi-GPU launch check
     python bench/gpu.py --json gpu.json                   # also write the figures as JSON
+    # step 1 only, on a CPU, against vLLM's CPU build (.ci/vllm_env.sh prints its python):
+    python bench/gpu.py --cpu-sampling --vllm-python ~/.cache/prefloop/vllm-venv-0.32.0/bin/python --prompts 16 --batch-size 32
 
 1. Sampling, on the bundled SmolLM2-135M (v0, converted from its GGUF into --home): the same
    prompts (the starter set, two responses each, as the queue filler asks), the same settings
@@ -77,14 +79,15 @@ def timed_generate(engine, chats, params, seeds, batch_size) -> dict:
             "cut_off": sum(g.finish_reason == "length" for g in out)}
 
 
-def start_vllm(python: str, model_dir: str, log_path: Path) -> tuple[subprocess.Popen, str, float]:
+def start_vllm(python: str, model_dir: str, log_path: Path, cpu: bool = False) -> tuple[subprocess.Popen, str, float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1"}
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONPATH": ""}
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "bfloat16", "--enable-lora", "--max-lora-rank", "64",
-               "--gpu-memory-utilization", "0.5", "--seed", "0"]
+               "--seed", "0"] + ([] if cpu else ["--gpu-memory-utilization", "0.5"])
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)
@@ -99,7 +102,7 @@ def start_vllm(python: str, model_dir: str, log_path: Path) -> tuple[subprocess.
     raise RuntimeError(f"vllm did not start; see {log_path}")
 
 
-def bench_sampling(home: Path, args) -> dict:
+def bench_sampling(home: Path, args, device: str = "cuda") -> dict:
     from prefloop.db.store import Store
     from prefloop.engine import models
     from prefloop.engine.engines import TorchEngine, open_engine
@@ -109,20 +112,21 @@ def bench_sampling(home: Path, args) -> dict:
     chats = conversations(args.prompts * 2)
     seeds = list(range(len(chats)))
     params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=args.max_new_tokens)
-    model, tokenizer = models.load_version(store, "v0", device="cuda", dtype=__import__("torch").bfloat16)
-    result = {"rows": len(chats), "max_new_tokens": args.max_new_tokens}
+    model, tokenizer = models.load_version(store, "v0", device=device, dtype=__import__("torch").bfloat16)
+    result = {"device": device, "rows": len(chats), "max_new_tokens": args.max_new_tokens}
     log(f"sampling: torch loop, {len(chats)} rows, batch {args.batch_size}")
     result["torch"] = timed_generate(TorchEngine(model, tokenizer), chats, params, seeds, args.batch_size)
     del model
     models.clear_cache()
-    __import__("torch").cuda.empty_cache()
+    if device == "cuda":
+        __import__("torch").cuda.empty_cache()
     python = args.vllm_python or sys.executable
     if subprocess.run([python, "-c", "import vllm"], capture_output=True).returncode != 0:
         result["vllm"] = {"skipped": f"no vllm importable in {python} (pip install vllm, or --vllm-python)"}
         return result
     log("sampling: starting vllm serve on v0")
     process, url, start_s = start_vllm(python, str(models.version_path(store.require_version("v0"))),
-                                       home / "vllm.log")
+                                       home / "vllm.log", cpu=device == "cpu")
     try:
         store.set_setting("engine", {"kind": "vllm", "url": url, "dtype": "bfloat16"})
         result["vllm"] = {"start_s": round(start_s, 1),
@@ -201,6 +205,15 @@ def bench_rounds(home: Path, data: Path, args, gpus: int) -> dict:
     return out
 
 
+def prepare_v0(data: Path) -> None:
+    from prefloop.db.store import Store
+    from prefloop.engine import models
+
+    store = Store()
+    if store.version("v0") is None:
+        models.create_base_version(store)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", help="data folder (default: a new temporary one)")
@@ -214,6 +227,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-rounds", action="store_true")
     parser.add_argument("--skip-launch", action="store_true")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--cpu-sampling", action="store_true",
+                        help="only step 1, on this CPU (vLLM's CPU build: --vllm-python from .ci/vllm_env.sh)")
     return parser
 
 
@@ -224,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     data.mkdir(parents=True, exist_ok=True)
     info = gpu_info()
     log(f"machine: {info}")
+    if args.cpu_sampling:
+        os.environ["PREFLOOP_HOME"] = str(data)
+        prepare_v0(data)
+        print(json.dumps(bench_sampling(data, args, device="cpu"), indent=2))
+        return
     if not info["gpus"]:
         raise SystemExit("no CUDA GPU here: bench/gpu.py measures GPU figures only")
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info}

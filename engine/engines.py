@@ -61,7 +61,7 @@ DEFAULT_ENGINE = {"kind": "torch"}
 ENGINE_FIELDS = {"kind", "url", "dtype", "api_key_env", "timeout_s", "max_concurrency"}
 SERVER_TIMEOUT_S = 600.0  # one request; a 160-token answer from a loaded CPU server takes seconds
 SERVER_CONCURRENCY = 64  # requests in flight per generate(); the server batches them itself
-ADAPTERS_KEPT = 2  # adapters this process keeps loaded on a server: the active version and one to compare
+ADAPTERS_KEPT = 4  # adapters this process keeps loaded: the active version, a battle's two, one spare
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,15 +189,18 @@ class ServerClient:
     def served(self) -> list[dict]:
         return (self.call("GET", "/v1/models") or {}).get("data", [])
 
-    def ensure_adapter(self, name: str, path: str) -> None:
-        """Load an adapter once; unload the oldest ones this client loaded past ADAPTERS_KEPT."""
+    def ensure_adapter(self, name: str, path: str, served: list[dict]) -> None:
+        """Load an adapter unless the server lists it (``served``: its /v1/models, just read, so a
+        restarted server gets it again); unload the oldest this client loaded past ADAPTERS_KEPT."""
         with self.lock:
-            if name in self.loaded:
-                self.loaded.move_to_end(name)
-                return
-            if name not in {m.get("id") for m in self.served()}:
-                self.call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            if name not in {m.get("id") for m in served}:
+                try:
+                    self.call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+                except EngineError as error:  # another thread loaded it since `served` was read
+                    if "already" not in str(error):
+                        raise
             self.loaded[name] = path
+            self.loaded.move_to_end(name)
             while len(self.loaded) > ADAPTERS_KEPT:
                 old, _ = self.loaded.popitem(last=False)
                 try:
@@ -247,14 +250,13 @@ class ServerEngine(Engine):
         imported = [v["name"] for v in chain if v["kind"] == "imported"]
         if imported:
             raise EngineError(f"version {imported[0]!r} is lineage only (imported): no weights to serve")
-        base_name = served_base(client, str(models.version_path(chain[0])))
-        model_name = base_name
+        served = client.served()
+        model_name = served_base(client, str(models.version_path(chain[0])), served)
         if len(chain) > 1:
             adapter = chain_adapter(store, name)
             model_name = f"prefloop-{name}-{hashlib.sha256(str(adapter).encode()).hexdigest()[:8]}"
-            client.ensure_adapter(model_name, str(adapter))
-        tokenizer = models.load_tokenizer(store, name)
-        stop_ids = sorted(generation.stop_token_ids(_NoGenerationConfig, tokenizer))
+            client.ensure_adapter(model_name, str(adapter), served)
+        tokenizer, stop_ids = _tokenizer(store, name, str(models.version_path(chain[0])))
         dtype = str(settings.get("dtype", "auto"))
         return cls(client, model_name, tokenizer, stop_ids, dtype,
                    int(settings.get("max_concurrency", SERVER_CONCURRENCY)))
@@ -354,10 +356,23 @@ def _generated(row: _Row, seed: int) -> Generated:
                      finish_reason=row.finish_reason, latency_ms=row.done_at * 1000, seed=int(seed))
 
 
-def served_base(client: ServerClient, base_path: str) -> str:
+_tokenizers: dict[str, tuple] = {}
+_tokenizers_lock = threading.Lock()
+
+
+def _tokenizer(store: Store, name: str, base: str) -> tuple:
+    """(tokenizer, stop ids) of a base, loaded once per process: the queue filler opens the
+    engine on every pass."""
+    with _tokenizers_lock:
+        if base not in _tokenizers:
+            tokenizer = models.load_tokenizer(store, name)
+            _tokenizers[base] = (tokenizer, sorted(generation.stop_token_ids(_NoGenerationConfig, tokenizer)))
+        return _tokenizers[base]
+
+
+def served_base(client: ServerClient, base_path: str, served: list[dict]) -> str:
     """The served name of the base, checked to be this home's v0 (a server on another model
     would sample pairs under the wrong version's name)."""
-    served = client.served()
     bases = [m for m in served if not m.get("parent")]
     if not bases:
         raise EngineError(f"the engine server at {client.url} lists no base model")
