@@ -24,6 +24,10 @@ class SamplingError(PrefloopError):
     """Sampling settings or a decode request are invalid."""
 
 
+class EngineError(PrefloopError):
+    """A decoding engine (torch loop, vLLM/SGLang server) is misconfigured or did not answer."""
+
+
 # domain: annotate
 class AuthError(PrefloopError):
     """Sign-in, session or account management refused."""

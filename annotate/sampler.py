@@ -22,13 +22,12 @@ import threading
 from typing import Callable, Iterator
 
 from prefloop.db.store import Store
+from prefloop.engine.engines import open_engine
 from prefloop.engine.generation import (
     MAX_SEED,
     SamplingParams,
     derive_seed,
-    generate,
     sampling_dtype,
-    stream_batch,
 )
 from prefloop.engine.models import default_device, load_version
 from prefloop.errors import SamplerError
@@ -83,13 +82,14 @@ def _pick_prompts(store: Store, prompt_ids, choose: Callable[[int], list[dict]],
     return choose(n)
 
 
-def _generation_row(version_id: int, generated, params, model) -> dict:
-    """A generations row. The params carry the dtype the model sampled in: in bfloat16 a row's
-    text also depends on its batch mates, so (seed, params) alone replays it only in float32."""
+def _generation_row(version_id: int, generated, params, engine) -> dict:
+    """A generations row. The params carry the engine and the dtype the model sampled in: in
+    bfloat16 a row's text also depends on its batch mates, so (seed, params) alone replays it
+    only in float32, and only on the same engine."""
     return {
         "version_id": version_id,
         "text": generated.text,
-        "params": {**params.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")},
+        "params": {**params.to_dict(), **engine.record},
         "seed": generated.seed,
         "prompt_tokens": generated.prompt_tokens,
         "completion_tokens": generated.completion_tokens,
@@ -143,7 +143,7 @@ def sample_pairs(
     if progress:
         progress(0, len(prompts))  # the bar starts with the work (loading the model included)
     base = _base_seed(seed)
-    model, tokenizer = load_for_sampling(store, row["name"])
+    engine = open_engine(store, row["name"])  # the `engine` setting: torch loop or a vLLM server
     per_batch = max(1, batch_size // 2)
     pair_ids: list[int] = []
     dropped = 0
@@ -151,7 +151,7 @@ def sample_pairs(
         chunk = prompts[start : start + per_batch]
         conversations = [conversation(p) for p in chunk for _ in range(2)]
         seeds = [derive_seed(base, p["id"], slot) for p in chunk for slot in ("a", "b")]
-        outputs = generate(model, tokenizer, conversations, params, seeds, batch_size=batch_size)
+        outputs = engine.generate(conversations, params, seeds, batch_size=batch_size)
         for i, prompt in enumerate(chunk):
             first, second = outputs[2 * i], outputs[2 * i + 1]
             if near_identical(first.text, second.text):
@@ -160,8 +160,8 @@ def sample_pairs(
             pair_ids.append(
                 store.add_pair(
                     prompt["id"],
-                    _generation_row(row["id"], first, params, model),
-                    _generation_row(row["id"], second, params, model),
+                    _generation_row(row["id"], first, params, engine),
+                    _generation_row(row["id"], second, params, engine),
                     purpose=purpose,
                 )
             )
@@ -210,14 +210,11 @@ def sample_battle_pairs(
     if progress:
         progress(0, len(prompts))
     base = _base_seed(seed)
-    outputs, models = {}, {}
+    outputs, engines = {}, {}
     for step, row in enumerate(rows):
-        model, tokenizer = load_for_sampling(store, row["name"])
-        models[row["id"]] = model
+        engine = engines[row["id"]] = open_engine(store, row["name"])
         seeds = [derive_seed(base, p["id"], row["name"]) for p in prompts]
-        outputs[row["id"]] = generate(
-            model, tokenizer, [conversation(p) for p in prompts], params, seeds, batch_size=batch_size
-        )
+        outputs[row["id"]] = engine.generate([conversation(p) for p in prompts], params, seeds, batch_size=batch_size)
         if progress:
             progress(len(prompts) * (step + 1) // 2, len(prompts))
     coin = random.Random(base)
@@ -227,8 +224,8 @@ def sample_battle_pairs(
         pair_ids.append(
             store.add_pair(
                 prompt["id"],
-                _generation_row(first["id"], outputs[first["id"]][i], params, models[first["id"]]),
-                _generation_row(second["id"], outputs[second["id"]][i], params, models[second["id"]]),
+                _generation_row(first["id"], outputs[first["id"]][i], params, engines[first["id"]]),
+                _generation_row(second["id"], outputs[second["id"]][i], params, engines[second["id"]]),
                 purpose=purpose,
             )
         )
@@ -259,9 +256,9 @@ def stream_live_pair(
     params = _params(store, params)
     base = _base_seed(None)
     seeds = [derive_seed(base, "live", slot) for slot in ("a", "b")]
-    model, tokenizer = load_for_sampling(store, active["name"])
+    engine = open_engine(store, active["name"])
     messages = [{"role": "user", "content": text}]
-    decoding = stream_batch(model, tokenizer, [messages, messages], params, seeds)
+    decoding = engine.stream_batch([messages, messages], params, seeds)
     while True:
         try:
             texts = next(decoding)
@@ -272,8 +269,8 @@ def stream_live_pair(
     prompt_id = store.prompt_id_for_text(text, source="live", split="train")
     pair_id = store.add_pair(
         prompt_id,
-        _generation_row(active["id"], results[0], params, model),
-        _generation_row(active["id"], results[1], params, model),
+        _generation_row(active["id"], results[0], params, engine),
+        _generation_row(active["id"], results[1], params, engine),
         purpose="live",
         judgments_wanted=1,
         created_by=annotator_id,

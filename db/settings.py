@@ -35,6 +35,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "gate_min_length_ratio": 0.5,
     "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
     "gate_max_kl": 0.15,  # KL(parent || candidate), nats per token, on the parent's held-out samples
+    # who decodes: {"kind": "torch"} (the built-in loop) or {"kind": "vllm", "url": ...}; engine/engines.py
+    "engine": {"kind": "torch"},
 }
 
 

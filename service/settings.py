@@ -14,6 +14,7 @@ from typing import Any
 
 from prefloop.db.settings import DEFAULT_SETTINGS, check_setting
 from prefloop.db.store import Store
+from prefloop.engine.engines import check_engine_settings
 from prefloop.engine.generation import SamplingParams
 from prefloop.errors import PrefloopError, SettingError, StoreError
 
@@ -33,6 +34,11 @@ def parse_setting(store: Store, key: str, raw: str) -> Any:
         value = raw
     if key == "sampling":
         return _parse_sampling(store, value)
+    if key == "engine":  # checked by the engine's own rules (kind, url), like sampling by SamplingParams
+        try:
+            return check_setting(key, check_engine_settings(value))
+        except PrefloopError as error:
+            raise SettingError(str(error)) from None
     try:
         return check_setting(key, value)
     except StoreError as error:

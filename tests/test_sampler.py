@@ -53,7 +53,7 @@ def test_pairs_record_version_params_and_two_seeds(loop):
         a, b = generations_of(store, pair_id)
         for g in (a, b):
             assert g["version_id"] == v0
-            assert g["params"] == {**FAST.to_dict(), "dtype": sampling_dtype_name()}
+            assert g["params"] == {**FAST.to_dict(), "engine": "torch", "dtype": sampling_dtype_name()}
             assert g["completion_tokens"] == 6 and g["finish_reason"] == "length" and g["prompt_tokens"] > 0
             assert g["latency_ms"] > 0
         assert a["seed"] != b["seed"] and a["text"] != b["text"]

@@ -25,6 +25,7 @@ from prefloop.db.store import Store
 from prefloop.engine.models import share_cpu_cores
 from prefloop.errors import ConfigError, PrefloopError
 from prefloop.train.config import RoundConfig
+from prefloop.train.distributed import use_local_device
 from prefloop.train.rounds import create_round, is_main_process, run_round
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
 
     share_cpu_cores()  # the app's sampler keeps running beside this round
+    use_local_device()  # under accelerate launch: this rank's GPU, before the parent loads
     store = Store()
     try:
         if args.config_json is not None:

@@ -17,6 +17,7 @@ from prefloop.errors import ConfigError
 
 METHODS = ("dpo", "orpo")
 PRECISIONS = ("auto", "fp32", "bf16")
+QUANTIZE_CHOICES = ("none", "4bit")  # the same tuple as train/distributed.py's, which loads them
 
 
 def _same_kind(default: Any, value: Any) -> bool:
@@ -119,6 +120,11 @@ class RoundConfig:
         metadata={"help": "override the min_new_pairs setting (readiness gate) for this round"},
     )
     seed: int = field(default=0, metadata={"help": "seed for data order and adapter initialisation"})
+    quantize_base: str = field(
+        default="none",  # 4bit lets an 8B parent train on one 24 GB GPU (QLoRA); CUDA only
+        metadata={"help": "none, or 4bit: load the parent in 4-bit NF4 (QLoRA, bitsandbytes, CUDA GPUs only) "
+                  "and train the adapter in bf16 on top", "choices": QUANTIZE_CHOICES},
+    )
 
     def validate(self) -> "RoundConfig":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -158,6 +164,10 @@ class RoundConfig:
             "full fine-tuning is not supported yet: versions are LoRA adapters on their parent "
             "(a full checkpoint would need a 'merged' version kind in engine/models.py); "
             "raise lora_rank instead",
+        )
+        need(
+            self.quantize_base in QUANTIZE_CHOICES,
+            f"quantize_base must be one of {', '.join(QUANTIZE_CHOICES)}, not {self.quantize_base!r}",
         )
         need(
             self.min_new_pairs is None or self.min_new_pairs >= 0,

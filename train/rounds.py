@@ -48,7 +48,7 @@ from prefloop.engine import models
 from prefloop.engine.generation import sampling_dtype
 from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.errors import PrefloopError, RoundError
-from prefloop.train import gate
+from prefloop.train import distributed, gate
 from prefloop.train.config import RoundConfig
 from prefloop.train.dataset import (
     build_preference_rows,
@@ -363,7 +363,9 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     on_gpu = device.startswith("cuda")
     torch.manual_seed(config.seed)
     # A fresh copy: load_version's cached model is shared with the sampler and must not change.
-    model, _ = models.load_fresh(store, parent["name"], device, torch.float32)
+    # On a GPU: bf16 weights (an 8B parent is 16 GB, not 32), SDPA or flash attention, or a 4-bit
+    # parent (QLoRA); train/distributed.py.
+    model = distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu))
     clock.lap("load")
     # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
     fields = settings(config, on_gpu, folder)
@@ -376,6 +378,14 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         output = trainer.train()
         clock.lap("train")
     peft_model = trainer.model
+    # ZeRO-3/FSDP shard the adapter too: every rank takes part in gathering it (and, under ZeRO-3,
+    # in scoring it on the held-out rows); rank 0 saves what was gathered (train/distributed.py).
+    # The evidence gate scores the saved candidate below, as the sampler will run it, so nothing
+    # is scored on the shards here.
+    sharded = distributed.finish_sharded(
+        trainer, lambda model, rows: None, [],
+        lambda: distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu), whole=True),
+    )
     if not main:
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
 
@@ -400,7 +410,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         "judgment_id_range": span,
         "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final")},
     }
-    version = models.register_adapter_version(store, parent["name"], peft_model.save_pretrained, card)
+    save = sharded.save if sharded is not None else peft_model.save_pretrained
+    version = models.register_adapter_version(store, parent["name"], save, card)
     clock.lap("save")
     store.update_round(round_id, new_version_id=version["id"], progress=0.94)
     del trainer, peft_model, model  # the gate loads the candidate as the sampler will run it
