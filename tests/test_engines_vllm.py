@@ -66,6 +66,14 @@ def vllm_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
     return out.resolve()
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM when pytest dies, even killed outright (Linux prctl)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +94,8 @@ def start_vllm_server(python: Path, model_dir: Path, log_path: Path, port: int |
                "--max-num-seqs", "64", "--seed", "0"]
     log = open(log_path, "w")
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                               preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
     while time.perf_counter() - started < SERVER_START_LIMIT_S:
         if process.poll() is not None:
