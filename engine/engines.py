@@ -20,9 +20,10 @@ stored in every generation's params. Which engine is the ``engine`` setting's jo
 Same settings, same seeds: every response is its own request with its own ``seed`` (vLLM draws a
 seeded request from its own generator, so its text does not depend on the other requests), the
 prompt is sent as the token ids the torch loop would decode from (the same chat template, applied
-here), it stops on the same end-of-turn ids, and texts are stripped as the loop strips them. ``finish_reason`` is the server's: ``length``
-means cut off at ``max_new_tokens``. vLLM applies ``repetition_penalty`` to prompt tokens as well
-as generated ones (the torch loop: generated only), so rows carry their engine.
+here), it stops on the same end-of-turn ids, and texts are stripped as the loop strips them.
+``finish_reason`` is the server's: ``length`` means cut off at ``max_new_tokens``. vLLM applies
+``repetition_penalty`` to prompt tokens as well as generated ones (the torch loop: generated
+only), so rows carry their engine.
 
 A chain of adapters (v0 -> v1 -> v2) becomes one adapter by concatenation
 (``concatenate_adapters``): LoRA deltas add, so stacking the A matrices and the scaled B matrices

@@ -133,3 +133,45 @@ def test_a_4bit_base_is_refused_on_cpu_with_the_reason(tiny_v0):
         distributed.load_parent(tiny_v0, "v0", "cpu", config, bf16=False)
     with pytest.raises(ConfigError, match="quantize_base"):
         RoundConfig(quantize_base="8bit").validate()
+
+
+def test_two_ranks_train_one_round_on_cpu(tiny_v0, tmp_path):
+    """The multi-process round for real: two CPU ranks (gloo) under torchrun, the launcher that
+    `accelerate launch --config_file ddp.yaml` runs on GPUs. Both train in step, rank 0 alone
+    writes the version. (It failed before train/distributed.shared_dataset: rank 1 could not
+    read the reference log-probs rank 0 cached in its own temporary folder.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import force_setting
+    from test_dataset import add_judged_pairs
+
+    from prefloop.db.store import prefloop_home
+    from prefloop.engine.models import version_path
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round
+
+    store = tiny_v0
+    force_setting(store, "min_new_pairs", 4)
+    add_judged_pairs(store, 8)
+    add_judged_pairs(store, 2, split="heldout", tag="h")
+    round_id = create_round(store, RoundConfig(max_steps=2, batch_size=2, gradient_accumulation=1, max_length=96,
+                                               max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3,
+                                               min_new_pairs=1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port),
+                           "-m", "prefloop.train", "--round", str(round_id)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished = store.round(round_id)
+    assert finished["status"] in ("promoted", "trained") and finished["new_version_id"]
+    assert (prefloop_home() / "rounds" / str(round_id) / "train-rows").is_dir()  # two ranks really ran
+    adapter = version_path(store.require_version(finished["new_version_id"])) / "adapter_model.safetensors"
+    assert adapter.stat().st_size > 10_000
+    assert [v["name"] for v in store.list_versions()] == ["v0", "v1"]  # one version, from rank 0 only

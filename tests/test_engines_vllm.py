@@ -66,6 +66,14 @@ def vllm_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
     return out.resolve()
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM when pytest dies, even killed outright (Linux prctl)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +94,8 @@ def start_vllm_server(python: Path, model_dir: Path, log_path: Path, port: int |
                "--max-num-seqs", "64", "--seed", "0"]
     log = open(log_path, "w")
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                               preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
     while time.perf_counter() - started < SERVER_START_LIMIT_S:
         if process.poll() is not None:
@@ -292,3 +301,30 @@ def test_vllm_live_pair_streams_through_the_engine(vllm_store):
     g = vllm_store.generation(pair["generation_a_id"])
     assert g["text"] == grown[-1][0] and g["params"]["engine"] == "vllm"
     assert g["completion_tokens"] > 0
+
+
+def test_vllm_serves_the_version_a_real_round_promotes(vllm_store, vllm_server):
+    """What `prefloop serve` does after a round: the queue filler's next pass samples the version
+    the round promoted, as an adapter loaded into the same running server."""
+    from conftest import force_setting
+    from test_dataset import add_judged_pairs
+
+    from prefloop.annotate import sampler
+    from prefloop.train.config import RoundConfig
+    from prefloop.train.rounds import create_round, run_round
+
+    store = vllm_store
+    force_setting(store, "promotion_min_accuracy", 0.0)
+    add_judged_pairs(store, 6)
+    add_judged_pairs(store, 2, split="heldout", tag="h")
+    round_id = create_round(store, RoundConfig(max_steps=2, batch_size=2, gradient_accumulation=1, max_length=96,
+                                               max_prompt_length=64, lora_rank=4, lora_alpha=8,
+                                               learning_rate=1e-3, min_new_pairs=1))
+    summary = run_round(store, round_id)
+    assert summary["status"] == "promoted" and store.active_version()["name"] == "v1"
+    store.set_setting("queue_target", 2)
+    assert sampler.QueueFiller(store, batch_size=4, params=FAST).run_once() > 0
+    v1 = store.require_version("v1")
+    assert store.queued_pairs(v1["id"]) > 0
+    served = urllib.request.urlopen(vllm_server["url"] + "/v1/models").read().decode()
+    assert "prefloop-v1-" in served

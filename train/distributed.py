@@ -33,6 +33,27 @@ from prefloop.errors import RoundError
 from prefloop.train.config import QUANTIZE_CHOICES, RoundConfig
 
 
+def shared_dataset(dataset, folder: Path):
+    """The round's rows as a dataset every rank reads from one folder (one process: unchanged).
+
+    An in-memory dataset keeps its cache files in a temporary folder of each process's own, and
+    TRL's one reference pass writes the parent's log-probs there on rank 0 for every rank to read:
+    rank 1 then fails with "Failed to open local file /tmp/hf_datasets-.../cache-....arrow" (found
+    running `prefloop.train` on two CPU ranks). Rank 0 writes the rows to ``folder`` first.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return dataset
+    import torch
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # the trainer's own state, made early
+    with state.main_process_first():
+        if state.is_main_process:
+            dataset.save_to_disk(str(folder))
+        return load_from_disk(str(folder))
+
+
 def sharded_launch() -> bool:
     """Whether accelerate launched this rank under ZeRO-3 or FSDP (read from its environment)."""
     return (os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"

@@ -588,6 +588,7 @@ def _make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, sto
     # Shortest first: the one reference pass runs over the rows in order, so its batches hold rows of
     # similar length (little padding). Training draws random batches whatever the order.
     dataset = Dataset.from_list(sorted(rows, key=_row_length))
+    dataset = distributed.shared_dataset(dataset, Path(fields["output_dir"]).parent / "train-rows")  # many ranks: one copy
     callbacks = [_progress_callback(store, round_id)] if main else []
     if config.method == "dpo":
         from trl import DPOConfig
