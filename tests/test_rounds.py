@@ -14,6 +14,7 @@ from test_dataset import add_judged_pairs
 from training_checks import assert_unchanged, base_state, learned
 
 from prefloop.errors import ConfigError, PrefloopError
+from prefloop.train import recipe
 
 FAST = dict(max_steps=3, batch_size=2, gradient_accumulation=1, max_length=96, max_prompt_length=64, lora_rank=4, lora_alpha=8, learning_rate=1e-3)
 
@@ -277,7 +278,7 @@ def test_dpo_reference_runs_once_per_round_not_per_step(tiny_v0, monkeypatch):
     assert len(calls) == 1  # 6 rows fit one reference batch; none of the 3 steps ran the reference again
 
     def per_step(config, on_gpu, folder):  # TRL's default: the reference runs inside every step
-        return {**rounds.recipe_settings(config, folder), "use_cpu": True, "per_device_train_batch_size": 2,
+        return {**recipe.recipe_settings(config, folder), "use_cpu": True, "per_device_train_batch_size": 2,
                 "max_length": 96}
 
     calls.clear()
@@ -306,14 +307,14 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
 
     store = ready_store(tiny_v0)
     seen = {}
-    real = rounds._make_trainer
+    real = recipe.make_trainer
 
     def spy(*args, **kwargs):
         trainer = real(*args, **kwargs)
         seen["args"] = trainer.args
         return trainer
 
-    monkeypatch.setattr(rounds, "_make_trainer", spy)
+    monkeypatch.setattr(recipe, "make_trainer", spy)
     before = base_state(store)
     summary = rounds.run_round(store, new_round(store, method=method, precision="bf16", max_steps=1))
     assert learned(store, summary["version"])  # its one step ran at full rate (no warmup step at lr 0)
@@ -364,7 +365,7 @@ def test_lm_head_on_completions_only_gives_the_same_log_probs(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from prefloop.train.rounds import _completion_tokens_only
+    from prefloop.train.recipe import completion_tokens_only as _completion_tokens_only
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
@@ -480,14 +481,14 @@ def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch
     rows = {r["pair_id"]: r for r in build_preference_rows(store)}
     assert {p: (rows[p]["chosen_cut_off"], rows[p]["rejected_cut_off"]) for p in cases} == cases
     seen = {}
-    real = rounds._make_trainer
+    real = recipe.make_trainer
 
     def spy(*args, **kwargs):
         trainer = real(*args, **kwargs)
         seen["data"] = trainer.train_dataset
         return trainer
 
-    monkeypatch.setattr(rounds, "_make_trainer", spy)
+    monkeypatch.setattr(recipe, "make_trainer", spy)
     rounds.run_round(store, new_round(store, max_steps=1))
     eos = 2  # <|im_end|>
     data = seen["data"]

@@ -30,10 +30,8 @@ every vote of a pair is learned together, once. ``all_judgments=True`` takes eve
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import math
 import os
 import subprocess
 import sys
@@ -46,9 +44,8 @@ from typing import Callable
 from prefloop.db.store import Store, now, prefloop_home
 from prefloop.engine import models
 from prefloop.engine.generation import sampling_dtype
-from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.errors import PrefloopError, RoundError
-from prefloop.train import distributed, gate
+from prefloop.train import distributed, gate, recipe
 from prefloop.train.config import RoundConfig
 from prefloop.train.dataset import (
     build_preference_rows,
@@ -58,6 +55,7 @@ from prefloop.train.dataset import (
     training_columns,
     window_pair_ids,
 )
+from prefloop.train.recipe import COMPLETION_ONLY, trainer_settings, use_bf16, warmup_steps
 
 ACTIVE_STATUSES = ("pending", "running")
 FINISHED_STATUSES = ("failed", "trained", "promoted", "rejected")
@@ -341,13 +339,13 @@ class _Heartbeat:
 def _train(store: Store, current: dict, config: RoundConfig, main: bool, settings) -> dict:
     import torch
 
-    clock = _PhaseClock()
+    clock = recipe.PhaseClock()
     round_id = current["id"]
     parent = store.require_version(current["parent_version_id"])
     started = time.monotonic()
     tokenizer = models.load_tokenizer(store, parent["name"])
     window = store.round_pair_ids(round_id)
-    rows, too_long = _fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer, config)
+    rows, too_long = recipe.fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer, config)
     if not rows:
         raise RoundError(
             "no preference rows to train on"
@@ -370,8 +368,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
     fields = settings(config, on_gpu, folder)
     fields["warmup_steps"] = warmup_steps(config, len(rows))
-    with _completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
-        trainer = _make_trainer(
+    with recipe.completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
+        trainer = recipe.make_trainer(
             model, tokenizer, training_columns(rows, cut_off_flags=True), config, on_gpu, store, round_id, main, fields
         )
         clock.lap("prepare")
@@ -390,7 +388,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         return {"round_id": round_id, "rank": int(os.environ.get("RANK", "0"))}
 
     store.update_round(round_id, progress=0.92)
-    final = _last_values(store.round_metrics(round_id))
+    final = recipe.last_values(store.round_metrics(round_id))
     metrics = {
         "train_loss": output.training_loss,
         "steps": output.global_step,
@@ -421,7 +419,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     metrics.update(
         heldout_accuracy=verdict["accuracy"], heldout_rows=verdict["rows"], gate=verdict,
         cutoff_rate=(verdict["guards"]["length_ratio"].get("candidate_cutoff_rate")),
-        train_runtime_s=round(time.monotonic() - started, 1), phase_s=clock.phases, peak_rss_mb=peak_rss_mb(),
+        train_runtime_s=round(time.monotonic() - started, 1), phase_s=clock.phases, peak_rss_mb=recipe.peak_rss_mb(),
     )
     card["metrics"].update(heldout_accuracy=verdict["accuracy"], heldout_rows=verdict["rows"], gate=verdict)
     full_card = {**version["card"], "metrics": card["metrics"]}
@@ -468,272 +466,6 @@ def run_gate(store: Store, parent: dict, version: dict, config: RoundConfig, see
         scored = gate.score_rows(candidate.float(), reference.float(), tokenizer, rows, max_length=config.max_length)
         del reference
     return gate.verdict(scored, settings, lengths)
-
-
-def _fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tuple[list[dict], int]:
-    """Leave out rows whose templated prompt exceeds max_prompt_length (TRL would cut the answer)."""
-    kept = []
-    for row in rows:
-        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length:
-            kept.append(row)
-    return kept, len(rows) - len(kept)
-
-
-def warmup_steps(config: RoundConfig, n_rows: int) -> int:
-    """Whole warmup steps: ``warmup_ratio`` of the round's optimizer steps, rounded *down*.
-
-    Given a ratio, transformers rounds up, so a round of one step spent it at learning rate 0 and
-    learned nothing (issue 14); rounding down leaves at least one step at full rate.
-    """
-    if config.max_steps > 0:
-        total = config.max_steps
-    else:
-        batches = math.ceil(n_rows / config.batch_size)
-        total = math.ceil(config.epochs * max(1, batches // config.gradient_accumulation))
-    return int(config.warmup_ratio * total)
-
-
-def recipe_settings(config: RoundConfig, folder: Path) -> dict:
-    """What the round learns: the optimisation recipe from RoundConfig, and where the trainer writes.
-
-    These are the same in prefloop's round and in the "TRL defaults" baseline of
-    bench/round_time.py, so the two train the same thing and differ only in how fast.
-    """
-    settings = dict(
-        output_dir=str(folder / "trainer"),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,  # a ratio; _train replaces it by whole steps (warmup_steps())
-        beta=config.beta,
-        seed=config.seed,
-        save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
-        report_to="none",
-        disable_tqdm=True,  # progress goes to the database; the log file stays readable
-    )
-    if config.method == "dpo" and config.nll_weight:
-        settings.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.nll_weight])
-    return settings
-
-
-def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
-    """Every DPOConfig/ORPOConfig field a round sets: the recipe, plus what makes it fast.
-
-    The speed settings were chosen from a profile of a round on the bundled model, each with its
-    reason beside it (README, "Round time and round memory"; bench/round_time.py measures the
-    round against the same round under TRL's defaults).
-    """
-    settings = recipe_settings(config, folder)
-    settings.update(
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        max_length=config.max_length,  # TRL's default is 1024; the collator pads to the batch's longest anyway
-        logging_steps=1,  # one row of metrics per step for the Train tab; costs nothing measurable
-        # TRL turns checkpointing on by default: it re-runs every forward during backward (a third
-        # more compute) to save activation memory a 135M model does not need.
-        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
-        # bf16 autocast where the hardware does bf16 natively (weights and optimizer stay fp32).
-        bf16=use_bf16(config, on_gpu),
-        use_cpu=not on_gpu,
-        dataloader_num_workers=0,  # tokenised rows are in memory: worker processes only add startup
-        # TRL zeroes every dropout (LoRA's too) unless told not to: honour a nonzero lora_dropout
-        disable_dropout=config.lora_dropout == 0,
-    )
-    if config.method == "dpo":
-        # The reference is the parent and never changes during a round: run it once over the rows,
-        # in big batches, instead of once per row per epoch inside every training step.
-        settings.update(precompute_ref_log_probs=True, precompute_ref_batch_size=max(16, config.batch_size))
-    # Not a TRL field (_train takes it out before building the trainer): see _completion_tokens_only.
-    settings[COMPLETION_ONLY] = True
-    return settings
-
-
-COMPLETION_ONLY = "prefloop_lm_head_on_completions_only"
-
-
-@contextlib.contextmanager
-def _completion_tokens_only(enabled: bool):
-    """Project only the answer tokens through the LM head, on CPU too.
-
-    TRL 1.16's fused LM head scores only positions with a label on Triton devices (CUDA, XPU) and
-    every position elsewhere, so that Neuron sees one tile shape. On CPU that runs the 49k-word
-    head and its soft-max statistics over the prompt and the padding as well: the profile put it at
-    about half of the reference pass. The switch is TRL's own (``compact``), read at each call.
-    """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if not enabled or original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
-
-
-def _make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, store, round_id, main, fields: dict):
-    from datasets import Dataset
-    from peft import LoraConfig
-
-    peft_config = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",  # every attention and MLP projection (not the LM head)
-        task_type="CAUSAL_LM",
-    )
-    # Shortest first: the one reference pass runs over the rows in order, so its batches hold rows of
-    # similar length (little padding). Training draws random batches whatever the order.
-    dataset = Dataset.from_list(sorted(rows, key=_row_length))
-    dataset = distributed.shared_dataset(dataset, Path(fields["output_dir"]).parent / "train-rows")  # many ranks: one copy
-    callbacks = [_progress_callback(store, round_id)] if main else []
-    if config.method == "dpo":
-        from trl import DPOConfig
-
-        # ref_model=None with a peft_config: the reference is the adapter-disabled model, the parent.
-        return _cut_off_aware(config.method)(
-            model=model, ref_model=None, args=DPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
-            peft_config=peft_config, callbacks=callbacks,
-        )
-    from trl.experimental.orpo import ORPOConfig
-
-    return _cut_off_aware(config.method)(
-        model=model, args=ORPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=callbacks,
-    )
-
-
-END_OF_TURN_WINDOW = 3  # the chat template's end of an answer: <|im_end|> "\n" (ORPO adds one more <|im_end|>)
-
-
-def strip_end_of_turn(ids: list[int], eos_id: int) -> list[int]:
-    """A cut-off answer's tokens without the end-of-turn the chat template (and TRL) appended:
-    everything from the first end-of-sequence token among the last few."""
-    tail = len(ids) - END_OF_TURN_WINDOW
-    for i in range(max(0, tail), len(ids)):
-        if ids[i] == eos_id:
-            return ids[:i]
-    return ids
-
-
-def _cut_off_aware(method: str):
-    """TRL's trainer, but answers flagged ``chosen_cut_off`` / ``rejected_cut_off`` train without
-    the end-of-turn token: stripped after TRL tokenises and before DPO's reference pass runs."""
-    if method == "dpo":
-        from trl import DPOTrainer
-
-        class CutOffAwareDPOTrainer(DPOTrainer):
-            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-                dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-                if "chosen_cut_off" not in dataset.column_names:
-                    return dataset
-                eos = self._tokenizer.eos_token_id
-
-                def strip(row):
-                    for side in ("chosen", "rejected"):
-                        if row[f"{side}_cut_off"]:
-                            row[f"{side}_ids"] = strip_end_of_turn(row[f"{side}_ids"], eos)
-                    return row
-
-                return dataset.map(strip).remove_columns(["chosen_cut_off", "rejected_cut_off"])
-
-        return CutOffAwareDPOTrainer
-    from trl.experimental.orpo import ORPOTrainer
-
-    class CutOffAwareORPOTrainer(ORPOTrainer):
-        def tokenize_row(self, feature, model=None):
-            out = super().tokenize_row(feature, model)
-            eos = self.processing_class.eos_token_id
-            for side in ("chosen", "rejected"):
-                if feature.get(f"{side}_cut_off"):
-                    ids = strip_end_of_turn(out[f"{side}_input_ids"], eos)
-                    for key in ("input_ids", "attention_mask", "labels"):
-                        out[f"{side}_{key}"] = out[f"{side}_{key}"][: len(ids)]
-            return out
-
-    return CutOffAwareORPOTrainer
-
-
-def _row_length(row: dict) -> int:
-    """Characters of the prompt and the longer answer: a tokenizer-free proxy of the padded length."""
-    prompt = sum(len(m["content"]) for m in row["prompt"])
-    return prompt + max(len(row["chosen"][0]["content"]), len(row["rejected"][0]["content"]))
-
-
-def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
-    """Whether the round trains under bf16 autocast (see RoundConfig.precision)."""
-    if config.precision != "auto":
-        return config.precision == "bf16"
-
-    return _gpu_bf16() if on_gpu else cpu_has_native_bf16()
-
-
-def _gpu_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def _progress_callback(store: Store, round_id: int):
-    """A TrainerCallback writing progress (training is 0.05-0.9 of a round) and every logged metric."""
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero and state.max_steps:
-                fraction = min(1.0, state.global_step / state.max_steps)
-                store.update_round(round_id, progress=round(0.05 + 0.85 * fraction, 4), heartbeat_at=now())
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            numeric = {
-                k: float(v) for k, v in logs.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-            }
-            if numeric:
-                store.add_round_metrics(round_id, state.global_step, numeric)
-
-    return ProgressCallback()
-
-
-class _PhaseClock:
-    """Wall seconds per phase of a round (load, prepare, train, heldout, save), for the round's metrics."""
-
-    def __init__(self):
-        self.phases: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def lap(self, name: str) -> None:
-        moment = time.monotonic()
-        self.phases[name] = round(moment - self._last, 2)
-        self._last = moment
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory (VmHWM) in MiB; None where /proc is not there."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-    except (ImportError, OSError):
-        return None
-
-
-def _last_values(metric_rows: list[dict]) -> dict[str, float]:
-    last: dict[str, float] = {}
-    for row in metric_rows:
-        last[row["name"]] = row["value"]
-    return last
 
 
 # --------------------------------------------------------------------------------------------
