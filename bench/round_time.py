@@ -45,7 +45,7 @@ MAX_NEW_TOKENS = 96  # what `prefloop simulate` samples; SmolLM2 answers are rar
 
 def trl_default_settings(config, on_gpu, folder) -> dict:
     """The baseline: the round's recipe only, and use_cpu (TRL's bf16 default refuses a CPU without it)."""
-    from prefloop.train.rounds import recipe_settings
+    from prefloop.train.recipe import recipe_settings
 
     return {**recipe_settings(config, folder), "use_cpu": not on_gpu}
 

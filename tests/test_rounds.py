@@ -518,7 +518,7 @@ def test_heldout_scoring_leaves_the_end_of_turn_off_cut_off_answers(tiny_model_d
 
 def test_warmup_never_takes_a_rounds_only_step():
     from prefloop.train.config import RoundConfig
-    from prefloop.train.rounds import warmup_steps
+    from prefloop.train.recipe import warmup_steps
 
     assert warmup_steps(RoundConfig(epochs=1.0), 8) == 0  # one step: at full rate (TRL's ceil gave 1)
     assert warmup_steps(RoundConfig(epochs=2.0), 48) == 1  # 12 steps
