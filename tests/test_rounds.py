@@ -109,7 +109,7 @@ def test_gate_waits_on_thin_evidence_and_decides_on_enough(tiny_v0):
     assert verdict["guards"]["length_ratio"]["candidate"] > 0 and verdict["guards"]["kl"]["value"] is not None
     assert 0 <= verdict["lower_bound"] <= verdict["accuracy"] <= 1
     expected = {"promote": ("promoted", "v2"), "reject": ("rejected", "v0")}[verdict["decision"]]
-    assert (done["status"], store.get_setting("active_version")) == expected
+    assert (done["status"], store.active_version()["name"]) == expected
 
 
 def test_no_heldout_judgments_wait_and_the_next_round_learns_only_new_pairs(tiny_v0):
