@@ -294,8 +294,9 @@ def gate_queue_plan(store: Store, version_id: int, target: int) -> tuple[str, in
     if gate_queued < gate_target:
         return "heldout", gate_target - gate_queued
     train_queued = queued - gate_queued
-    if train_queued < target - gate_target:
-        return "train", target - gate_target - train_queued
+    train_target = target - max(gate_target, gate_queued)  # the whole queue stays at target
+    if train_queued < train_target:
+        return "train", train_target - train_queued
     return None
 
 

@@ -470,7 +470,8 @@ def _cut_off_pair(store, prompt, chosen_cut, rejected_cut):
     return pair
 
 
-def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch):
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch, method):
     from prefloop.train import rounds
     from prefloop.train.dataset import build_preference_rows
 
@@ -489,17 +490,21 @@ def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch
         return trainer
 
     monkeypatch.setattr(recipe, "make_trainer", spy)
-    rounds.run_round(store, new_round(store, max_steps=1))
+    rounds.run_round(store, new_round(store, max_steps=1, method=method))
     eos = 2  # <|im_end|>
     data = seen["data"]
-    by_text = {}
-    for row in data:
-        by_text[tuple(row["chosen_ids"])] = row
     assert len(data) == 4
-    ends = sorted((eos in row["chosen_ids"], eos in row["rejected_ids"]) for row in data)
-    # a finished answer ends with <|im_end|> "\n"; a cut-off one where it was cut
+
+    def answer(row, side):  # the trained answer tokens: DPO keeps them apart, ORPO labels them
+        if method == "dpo":
+            return row[f"{side}_ids"]
+        return [t for t in row[f"{side}_labels"] if t != -100]
+
+    ends = sorted((eos in answer(row, "chosen"), eos in answer(row, "rejected")) for row in data)
+    # a finished answer ends with <|im_end|>; a cut-off one where it was cut
     assert ends == sorted((not c, not r) for c, r in cases.values())
-    assert "chosen_cut_off" not in data.column_names
+    if method == "dpo":
+        assert "chosen_cut_off" not in data.column_names
 
 
 def test_heldout_scoring_leaves_the_end_of_turn_off_cut_off_answers(tiny_model_dir):

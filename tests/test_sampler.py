@@ -219,3 +219,25 @@ def test_sampler_runs_versions_in_the_sampling_dtype(loop, monkeypatch, dtype):
     for pair_id in pair_ids:
         first, second = generations_of(loop, pair_id)
         assert first["completion_tokens"] > 0 and first["text"] != second["text"]
+
+
+def test_a_share_of_the_queue_is_gate_pairs_on_heldout_prompts(store):
+    """Issue 14: every round needs fresh held-out judgments of the active version's own answers."""
+    from test_dataset import add_pair
+
+    from prefloop.annotate.sampler import gate_queue_plan
+
+    store.add_version("v0", "base", "nowhere", card={"method": "base"})
+    store.set_active_version("v0")
+    store.set_setting("queue_target", 20)
+    version_id = store.active_version()["id"]
+    store.add_prompts([{"text": "a held-out prompt", "split": "heldout"}])
+    assert gate_queue_plan(store, version_id, 20) == ("heldout", 3)  # round(20 x 0.15)
+    for i in range(3):
+        add_pair(store, f"held {i}?", "x", "y", split="heldout")
+    assert gate_queue_plan(store, version_id, 20) == ("train", 17)
+    for i in range(17):
+        add_pair(store, f"train {i}?", "x", "y")
+    assert gate_queue_plan(store, version_id, 20) is None
+    store.set_setting("gate_share", 0.0)
+    assert gate_queue_plan(store, version_id, 23) == ("train", 3)
