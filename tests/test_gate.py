@@ -163,6 +163,14 @@ def test_the_gate_promotes_a_real_adapter(tiny_model_dir):
     assert verdict["accuracy"] >= 0.8 and verdict["lower_bound"] > 0.5
 
 
+# A one-sided 95% test passes a candidate with no real agreement about 1 time in 20, so 20 such
+# trials give 0 or 1 false passes 74% of the time and 4 or more only 1.6% of the time (the old
+# gate, accuracy >= 0.5 at any count, passed about half). Allowing 3 keeps the test about the
+# gate's level rather than about which seeds happen to land on the boundary; each run's count is
+# in the assertion message. Measured: 1 of 20 alone, 2 of 20 inside the full suite.
+MAX_FALSE_PASSES = 3
+
+
 def test_shuffled_label_adapters_are_rejected(tiny_model_dir):
     heldout = sorted_rows(40, random.Random(2))
     promoted = []
@@ -171,7 +179,7 @@ def test_shuffled_label_adapters_are_rejected(tiny_model_dir):
         model, tokenizer = train_adapter(tiny_model_dir, shuffled_labels(sorted_rows(12, rng), rng), seed=trial)
         verdict = judge_adapter(model, tokenizer, heldout)
         promoted.append(verdict["promoted"])
-    assert sum(promoted) <= 1, promoted
+    assert sum(promoted) <= MAX_FALSE_PASSES, promoted
 
 
 def test_random_direction_adapters_of_matched_norm_are_rejected(tiny_model_dir):
@@ -182,7 +190,7 @@ def test_random_direction_adapters_of_matched_norm_are_rejected(tiny_model_dir):
     for trial in range(20):
         random_direction(model, seed=trial)
         promoted.append(judge_adapter(model, tokenizer, heldout)["promoted"])
-    assert sum(promoted) <= 1, promoted
+    assert sum(promoted) <= MAX_FALSE_PASSES, promoted
 
 
 def test_drift_guards_stop_a_candidate_that_agrees():
