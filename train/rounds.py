@@ -345,7 +345,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     started = time.monotonic()
     tokenizer = models.load_tokenizer(store, parent["name"])
     window = store.round_pair_ids(round_id)
-    rows, too_long = recipe.fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer, config)
+    rows, too_long = recipe.fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer,
+                                                 recipe.prompt_budget(store, config))
     if not rows:
         raise RoundError(
             "no preference rows to train on"

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from prefloop.annotate import auth, guidelines, votes
-from prefloop.annotate.sampler import stream_live_pair
+from prefloop.annotate import auth, conversations, guidelines, votes
+from prefloop.annotate.sampler import stream_live_pair, stream_pair_for
 from prefloop.annotate.votes import (
     MAX_BETTER_ANSWER_CHARS,
     MAX_COMMENT_CHARS,
@@ -48,13 +48,18 @@ from prefloop.ui.render import (
 )
 from prefloop.ui.server import hardened_launch_options
 
-SIDES = ("left", "right", "tie", "both_bad")
-# (side, label, elem_id, key): the keyboard script clicks the button with this elem_id
+SIDES = ("left", "right", "tie", "both_bad", "up", "down")
+# (side, label, elem_id, key): the keyboard script clicks the visible button with this key
 VOTE_BUTTONS = (
     ("left", "A is better (1)", "pf-vote-left", "1"),
     ("right", "B is better (2)", "pf-vote-right", "2"),
     ("tie", "Tie (3)", "pf-vote-tie", "3"),
     ("both_bad", "Both bad (4)", "pf-vote-both-bad", "4"),
+)
+# a single answer (thumbs item): the same keys as A / B, so hands stay where they are
+THUMBS_BUTTONS = (
+    ("up", "👍 Good (1)", "pf-thumbs-up", "1"),
+    ("down", "👎 Bad (2)", "pf-thumbs-down", "2"),
 )
 SKIP_BUTTON = ("Skip (S)", "pf-skip", "s")
 UNDO_BUTTON = ("Undo (U)", "pf-undo", "u")
@@ -73,6 +78,10 @@ class Screen:
     progress: str = ""
     waiting: bool = False  # queue empty: poll until a pair arrives
     clear_inputs: bool = False  # reasons / comment / better answer belong to the last pair
+    single: bool = False  # one answer to judge thumbs up or down (pairs.mode "single")
+    # the conversation the annotator may continue now (annotate/conversations.py); None: keep
+    # the panel as it is, {} : hide it
+    continuation: dict | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -125,10 +134,11 @@ def next_pair(store: Store, token: str | None, message: str = "", rng=None) -> S
 
 
 def side_to_choice(pair: dict, side: str) -> str:
-    """A screen side ('left'/'right'/'tie'/'both_bad') -> the stored choice ('a'/'b'/...)."""
+    """A screen side ('left'/'right'/'tie'/'both_bad', or 'up'/'down' on a single answer) ->
+    the stored choice ('a'/'b'/...)."""
     if side not in SIDES:
         raise PrefloopError(f"unknown vote {side!r}")
-    if side in ("tie", "both_bad"):
+    if side in ("tie", "both_bad", "up", "down"):
         return side
     left_is_a = pair["left_generation_id"] == pair["generation_a_id"]
     return "a" if (side == "left") == left_is_a else "b"
@@ -171,10 +181,12 @@ def vote(
         screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
         screen.clear_inputs = True
         return screen
-    label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+    label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad",
+             "up": "👍 good", "down": "👎 bad"}
     said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
     screen = next_pair(store, token, said, rng=rng)
     screen.clear_inputs = True
+    screen.continuation = conversations.waiting_conversation(store, user["id"]) or {}
     return screen
 
 
@@ -234,12 +246,56 @@ def live_prompt(
         )
 
 
+def continue_conversation(
+    store: Store, token: str | None, pair_id: Any, next_turn: Any, followup: Any = None
+) -> Iterator[Screen]:
+    """Continue the conversation of ``pair_id``: the chosen answer is its assistant turn, then
+    ``next_turn`` (typed) or ``followup`` (picked from the prompt set's). Under the
+    ``same_annotator`` setting the next pair streams to this annotator; under ``anyone`` it joins
+    the queue for everyone. Nothing is stored when a check fails."""
+    user = auth.require_role(store, token, "annotator")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, int):
+        raise InputError("no conversation is waiting to be continued; vote first")
+    if followup is not None and not isinstance(followup, str):
+        raise InputError("the follow-up must be text")
+    typed = next_turn.strip() if isinstance(next_turn, str) else next_turn
+    turn = typed if typed else followup  # a typed turn wins over a picked follow-up
+    prompt = conversations.continued_prompt(store, user["id"], pair_id, turn)
+    if store.get_setting("continuation") == "anyone":
+        store.add_prompts([prompt])
+        screen = next_pair(store, token, "Thanks: the conversation continues in the queue, for anyone to judge.")
+        screen.continuation = conversations.waiting_conversation(store, user["id"]) or {}
+        yield screen
+        return
+    prompt_html = _prompt_panel({"prompt": prompt["text"], "prompt_messages": prompt["messages"]})
+    progress = progress_line(store, user)
+    for item in stream_pair_for(store, user["id"], prompt):
+        if item and item[0] == "__done__":
+            assignment = store.assignment(user["id"], int(item[1]))
+            screen = _pair_screen(store, user, assignment, "The conversation goes on: vote as usual.", clear=True)
+            screen.continuation = {}
+            yield screen
+            return
+        text_a, text_b = item
+        yield Screen(
+            prompt_html=prompt_html,
+            left_html=panel("Response A", render_plain(text_a), "pf-left"),
+            right_html=panel("Response B", render_plain(text_b), "pf-right"),
+            message="Generating both responses…",
+            progress=progress,
+            continuation={},
+        )
+
+
 # -- inputs: every event value checked for type and size before use ----------------------------
 def shown_pair(pair: Any) -> dict:
     """The pair state the page sends back, checked: ids are whole numbers, times numbers/text."""
     ids = ("pair_id", "left_generation_id", "generation_a_id", "generation_b_id")
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
     if not isinstance(pair, dict) or not all(
-        isinstance(pair.get(k), int) and not isinstance(pair.get(k), bool) for k in ids
+        whole(pair.get(k)) or (k == "generation_b_id" and pair.get(k) is None) for k in ids  # None: thumbs
     ):
         raise InputError("the shown pair is missing or malformed; press Refresh")
     shown_at, served_at = pair.get("shown_at"), pair.get("served_at")
@@ -260,6 +316,8 @@ CUT_OFF_NOTE = '<p class="pf-cut-off"><em>cut off: this response hit the length 
 def _pair_screen(
     store: Store, user: dict, assignment: dict, message: str = "", clear: bool = False
 ) -> Screen:
+    if assignment.get("mode") == "single":
+        return _single_screen(store, user, assignment, message, clear)
     left_is_a = assignment["left_generation_id"] == assignment["generation_a_id"]
     left_text, right_text = (
         (assignment["text_a"], assignment["text_b"])
@@ -289,16 +347,52 @@ def _pair_screen(
     )
 
 
+def _single_screen(store: Store, user: dict, assignment: dict, message: str, clear: bool) -> Screen:
+    """One answer to judge thumbs up or down: it takes the left panel, the right one stays empty."""
+    cut = assignment.get("finish_reason_a") == "length"
+    pair = {
+        "pair_id": assignment["id"],
+        "left_generation_id": assignment["left_generation_id"],
+        "generation_a_id": assignment["generation_a_id"],
+        "generation_b_id": None,
+        "shown_at": time.time(),
+        "served_at": assignment.get("served_at"),
+    }
+    note = '<div class="pf-waiting">One answer: is it good? 👍 (1) or 👎 (2)</div>'
+    return Screen(
+        pair=pair,
+        prompt_html=_prompt_panel(assignment),
+        left_html=panel("Response" + (CUT_OFF_TITLE if cut else ""),
+                        render_markdown(assignment["text_a"]) + (CUT_OFF_NOTE if cut else ""), "pf-left"),
+        right_html=panel("Thumbs", note, "pf-right"),
+        message=message,
+        progress=progress_line(store, user),
+        clear_inputs=clear,
+        single=True,
+    )
+
+
 def _prompt_panel(assignment: dict) -> str:
-    """The prompt, or the whole conversation with every turn's role when it is a chat."""
+    """The prompt, or the whole conversation with every turn's role when it is a chat (turns the
+    model did not read, cut at the token budget, are marked)."""
     messages = assignment.get("prompt_messages")
     if isinstance(messages, str):
         messages = json.loads(messages)
     if messages and len(messages) > 1:
+        params = assignment.get("params_a")
+        params = json.loads(params) if isinstance(params, str) else (params or {})
+        cut = int(params.get("history_dropped_turns") or 0)
         turns = sum(1 for m in messages if m.get("role") != "system")
         return panel(f"Conversation ({turns} turns): judge the answers to the last turn",
-                     render_conversation(messages), "pf-prompt pf-chat")
+                     render_conversation(messages, cut=cut), "pf-prompt pf-chat")
     return panel("Prompt", render_prompt(assignment["prompt"]), "pf-prompt")
+
+
+def continuation_view(waiting: dict) -> tuple[str, str, list[str]]:
+    """(accordion label, the conversation so far as HTML, follow-up choices) of a waiting one."""
+    turns = sum(1 for m in waiting["history"] if m.get("role") != "system")
+    label = f"Continue this conversation ({turns} turns so far): write the next user turn"
+    return label, render_conversation(waiting["history"]), list(waiting["followups"])
 
 
 def _waiting_screen(store: Store, user: dict, version: dict | None, message: str) -> Screen:
@@ -351,10 +445,11 @@ KEYBOARD_JS = """
       if (event.key === 'Escape' && target.blur) target.blur();  // Esc: back to shortcuts
       return;
     }
-    const id = keys[event.key.toLowerCase()];
-    if (!id) return;
-    const button = document.getElementById(id);
-    if (!button || button.disabled || button.offsetParent === null) return;  // hidden tab
+    const ids = keys[event.key.toLowerCase()] || [];
+    // one key may name a pair's button and a thumbs item's: the visible one is clicked
+    const button = ids.map((id) => document.getElementById(id))
+      .find((b) => b && !b.disabled && b.offsetParent !== null);  // not in a hidden tab or row
+    if (!button) return;
     event.preventDefault();
     button.click();
   });
@@ -394,9 +489,10 @@ def keyboard_head() -> str:
     """The ``<head>`` snippet that turns 1/2/3/4/S/U into clicks on the vote buttons."""
     import json
 
-    keys = {key: elem_id for _, _, elem_id, key in VOTE_BUTTONS}
-    keys[SKIP_BUTTON[2]] = SKIP_BUTTON[1]
-    keys[UNDO_BUTTON[2]] = UNDO_BUTTON[1]
+    keys: dict[str, list[str]] = {}
+    for _, _, elem_id, key in VOTE_BUTTONS + THUMBS_BUTTONS + (("", "", SKIP_BUTTON[1], SKIP_BUTTON[2]),
+                                                              ("", "", UNDO_BUTTON[1], UNDO_BUTTON[2])):
+        keys.setdefault(key, []).append(elem_id)
     return KEYBOARD_JS % json.dumps(keys)
 
 
@@ -420,6 +516,7 @@ def launch_options() -> dict[str, Any]:
 def shortcuts_markdown() -> str:
     keys = [(label.split(" (")[0], key) for _, label, _, key in VOTE_BUTTONS]
     keys += [("Skip", "S"), ("Undo", "U")]
+    keys[:2] = [("A is better / 👍 good", "1"), ("B is better / 👎 bad", "2")]
     shown = " · ".join(f"<kbd>{key.upper()}</kbd> {name}" for name, key in keys)
     return f'<div class="pf-keys">Keyboard: {shown} · <kbd>Esc</kbd> leaves a text box</div>'
 
@@ -464,11 +561,16 @@ def build_annotate_tab(store: Store, token_state) -> dict:
     with gr.Row(equal_height=True):
         left_box = gr.HTML(elem_id="pf-left", js_on_load=None)
         right_box = gr.HTML(elem_id="pf-right", js_on_load=None)
-    with gr.Row():
+    with gr.Row(elem_id="pf-pair-buttons") as pair_row:
         vote_buttons = {
             side: gr.Button(label, elem_id=elem_id, variant="primary" if side in ("left", "right") else "secondary")
             for side, label, elem_id, _ in VOTE_BUTTONS
         }
+    with gr.Row(elem_id="pf-thumbs-buttons", visible=False) as thumbs_row:
+        vote_buttons.update({
+            side: gr.Button(label, elem_id=elem_id, variant="primary") for side, label, elem_id, _ in THUMBS_BUTTONS
+        })
+    with gr.Row():
         skip_button = gr.Button(SKIP_BUTTON[0], elem_id=SKIP_BUTTON[1], variant="secondary", scale=0, min_width=130)
         undo_button = gr.Button(UNDO_BUTTON[0], elem_id=UNDO_BUTTON[1], variant="secondary", scale=0, min_width=130)
     gr.HTML(shortcuts_markdown(), js_on_load=None)
@@ -482,6 +584,16 @@ def build_annotate_tab(store: Store, token_state) -> dict:
                 max_lines=12,
                 elem_id="pf-better",
             )
+    continue_pair = gr.State(None)
+    with gr.Accordion("Continue this conversation", open=False, visible=False,
+                      elem_id="pf-continue-box") as continue_box:
+        continue_html = gr.HTML(elem_id="pf-continue-history", js_on_load=None)
+        followup = gr.Dropdown([], label="A follow-up from the prompt set (or write your own below)",
+                               elem_id="pf-followup", interactive=True, allow_custom_value=False)
+        with gr.Row():
+            next_turn = gr.Textbox(label="Next user turn", lines=2, scale=5, elem_id="pf-next-turn",
+                                   max_length=MAX_LIVE_PROMPT_CHARS)
+            continue_button = gr.Button("Continue", elem_id="pf-continue-go", scale=1)
     with gr.Accordion("Try your own prompt (live)", open=False):
         with gr.Row():
             live_text = gr.Textbox(
@@ -494,7 +606,19 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             live_button = gr.Button("Generate", elem_id="pf-live-go", scale=1)
 
     screen_outputs = [pair_state, prompt_box, left_box, right_box, message, progress, timer,
-                      reasons, comment, better]
+                      reasons, comment, better, pair_row, thumbs_row,
+                      continue_pair, continue_box, continue_html, followup, next_turn]
+    rest = len(screen_outputs) - 5  # outputs after the message line
+
+    def continuation_outputs(waiting: dict | None) -> list:
+        keep = gr.update()
+        if waiting is None:
+            return [keep] * 5
+        if not waiting:
+            return [None, gr.Accordion(visible=False), "", gr.Dropdown(choices=[], value=None), ""]
+        label, history, choices = continuation_view(waiting)
+        return [waiting["pair_id"], gr.Accordion(label=label, visible=True), history,
+                gr.Dropdown(choices=choices, value=None), ""]
 
     def to_outputs(screen: Screen) -> list:
         keep = gr.update()
@@ -509,6 +633,9 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             [] if screen.clear_inputs else keep,
             "" if screen.clear_inputs else keep,
             "" if screen.clear_inputs else keep,
+            gr.Row(visible=not screen.single),
+            gr.Row(visible=screen.single),
+            *continuation_outputs(screen.continuation),
         ]
 
     def guarded(action):
@@ -518,7 +645,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             try:
                 return to_outputs(action(*args))
             except PrefloopError as error:  # may quote what was sent: shown as text
-                return [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
+                return [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
 
         return run
 
@@ -546,7 +673,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
 
     def poll(token, pair):
         if pair:  # a pair arrived by another route (undo, live prompt): stop polling
-            return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * 3
+            return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * (rest - 2)
         return guarded(load)(token)
 
     timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", api_name="poll",
@@ -557,11 +684,21 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             for screen in live_prompt(store, token, text):
                 yield to_outputs(screen)
         except PrefloopError as error:
-            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
+            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
+
+    def run_continue(token, pair_id, text, picked):
+        try:
+            for screen in continue_conversation(store, token, pair_id, text, picked):
+                yield to_outputs(screen)
+        except PrefloopError as error:
+            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
 
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
     live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,
                       concurrency_limit=1, concurrency_id="pf-live")
+    continue_button.click(run_continue, inputs=[token_state, continue_pair, next_turn, followup],
+                          outputs=screen_outputs, concurrency_limit=1, concurrency_id="pf-live",
+                          api_name="continue_conversation")
     return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state,
             "guidelines": show_guidelines, "guidelines_outputs": [guide_box, guide_html]}
 
