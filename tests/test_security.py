@@ -159,6 +159,10 @@ def test_cross_origin_posts_are_refused(hardened_app):
                    f"https://127.0.0.1:{port}.evil.example", "http://localhost:" + port):
         refused = client.sign_in("alice", PASSWORDS["alice"], headers={"Origin": origin})
         assert refused.status_code == 403 and "set-cookie" not in refused.headers, origin
+    # a neighbour's script may add X-Forwarded-Host (Gradio answers its preflight): not believed
+    spoofed = client.sign_in("alice", PASSWORDS["alice"], headers={
+        "Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"})
+    assert spoofed.status_code == 403
     for site in ("cross-site", "same-site"):  # an old browser's form post that sent no Origin
         refused = client.sign_in("alice", PASSWORDS["alice"], headers={"Sec-Fetch-Site": site})
         assert refused.status_code == 403, site

@@ -93,9 +93,11 @@ def same_origin(scope) -> bool:
 
     Browsers send ``Origin`` on every POST and on cross-origin reads, so a page elsewhere is
     always named; scripts and tools (curl, gradio_client, bench/http_load.py) send none, and
-    they are no CSRF risk: they hold their own cookie. Behind a proxy started with
-    ``serve --trusted-proxy``, the ``X-Forwarded-Host`` it sets counts as this host too (a
-    browser cannot set that header cross-origin without a preflight, which is refused here).
+    they are no CSRF risk: they hold their own cookie. "This host" is the ``Host`` header only:
+    a reverse proxy must pass it through (nginx: ``proxy_set_header Host $host;``).
+    ``X-Forwarded-Host`` is not believed: Gradio's CORS layer, in front of this one, answers
+    preflights from any origin, so a neighbour's script could send that header to match its own
+    ``Origin``.
     """
     from starlette.datastructures import Headers
 
@@ -107,10 +109,8 @@ def same_origin(scope) -> bool:
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False  # "null" (sandboxed frames, file pages) and anything odd
-    hosts = {headers.get("host", "")}
-    if os.environ.get("FORWARDED_ALLOW_IPS"):
-        hosts.add(headers.get("x-forwarded-host", "").split(",")[0].strip())
-    return parts.netloc.lower() in {host.lower() for host in hosts if host}
+    host = headers.get("host", "").lower()
+    return bool(host) and parts.netloc.lower() == host
 
 
 class SameOriginOnly:
