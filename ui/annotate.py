@@ -46,7 +46,7 @@ from prefloop.ui.render import (
     render_plain,
     render_prompt,
 )
-from prefloop.ui.server import hardened_launch_options
+from prefloop.ui.server import SIGN_IN_JS, SIGN_IN_PATH, hardened_launch_options, with_session
 
 SIDES = ("left", "right", "tie", "both_bad", "up", "down")
 # (side, label, elem_id, key): the keyboard script clicks the visible button with this key
@@ -482,6 +482,17 @@ APP_CSS = """
 #pf-signin { max-width: 420px; margin: 64px auto; padding: 24px;
   border: 1px solid var(--border-color-primary); border-radius: 12px; }
 #pf-message p { margin: 0; }
+#pf-signin-form { display: flex; flex-direction: column; gap: 12px; }
+#pf-signin-form h2, #pf-signin-form p { margin: 0; }
+#pf-signin-form .pf-field { display: flex; flex-direction: column; gap: 4px; font-weight: 600; }
+#pf-signin-form input { padding: 8px 10px; font: inherit; font-weight: normal; color: var(--body-text-color);
+  background: var(--input-background-fill); border: 1px solid var(--input-border-color);
+  border-radius: var(--input-radius); }
+#pf-signin-form button { padding: 10px; font: inherit; font-weight: 600; cursor: pointer; border: none;
+  color: var(--button-primary-text-color); background: var(--button-primary-background-fill);
+  border-radius: var(--button-large-radius); }
+#pf-signin-form button:disabled { opacity: 0.6; cursor: wait; }
+#pf-signin-message { min-height: 1.4em; }
 """
 
 
@@ -496,9 +507,10 @@ def keyboard_head() -> str:
     return KEYBOARD_JS % json.dumps(keys)
 
 
-def launch_options() -> dict[str, Any]:
-    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``), and
-    the switches that close run history, uploads and deep links (``prefloop.ui.server``).
+def launch_options(store: Store) -> dict[str, Any]:
+    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``), the
+    switches that close run history, uploads and deep links, and the sign-in and sign-out routes
+    for ``store``'s accounts (``prefloop.ui.server``).
 
     System fonts: the default theme fetches Google Fonts, which an offline or private
     deployment cannot (and should not) reach.
@@ -510,7 +522,7 @@ def launch_options() -> dict[str, Any]:
         font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
     )
     return {"head": keyboard_head(), "css": APP_CSS + highlight_css(), "theme": theme,
-            **hardened_launch_options()}
+            **hardened_launch_options(store)}
 
 
 def shortcuts_markdown() -> str:
@@ -537,10 +549,13 @@ def guidelines_view(store: Store, token: str | None) -> tuple[str, str, bool]:
     return label, render_markdown(current["text"], limit=guidelines.MAX_GUIDELINE_CHARS), True
 
 
-def build_annotate_tab(store: Store, token_state) -> dict:
+def build_annotate_tab(store: Store) -> dict:
     """Lay out the Annotate tab inside the current Blocks; returns the components app.py needs.
 
-    Example: parts = build_annotate_tab(store, token_state)  # inside `with gr.Tab("Annotate"):`
+    Every handler reads the session token from the event's cookie (``with_session``); the
+    returned "load" and "guidelines" are plain functions of the token.
+
+    Example: parts = build_annotate_tab(store)  # inside `with gr.Tab("Annotate"):`
     """
     import gradio as gr
 
@@ -660,23 +675,24 @@ def build_annotate_tab(store: Store, token_state) -> dict:
              "postprocess": False}
     for side, button in vote_buttons.items():
         button.click(
-            guarded(lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b)),
-            inputs=[token_state, pair_state, reasons, comment, better],
+            with_session(guarded(
+                lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b))),
+            inputs=[pair_state, reasons, comment, better],
             api_name=f"vote_{side}",  # stable names: bench/http_load.py drives the app over HTTP
             **quick,  # concurrency_limit None: a vote is one short transaction, never behind a stream
         )
-    skip_button.click(guarded(lambda token, pair: skip(store, token, pair)),
-                      inputs=[token_state, pair_state], api_name="skip", **quick)
-    undo_button.click(guarded(lambda token, pair: undo(store, token, pair)),
-                      inputs=[token_state, pair_state], api_name="undo", **quick)
-    refresh.click(guarded(load), inputs=[token_state], api_name="next_pair", **quick)
+    skip_button.click(with_session(guarded(lambda token, pair: skip(store, token, pair))),
+                      inputs=[pair_state], api_name="skip", **quick)
+    undo_button.click(with_session(guarded(lambda token, pair: undo(store, token, pair))),
+                      inputs=[pair_state], api_name="undo", **quick)
+    refresh.click(with_session(guarded(load)), inputs=None, api_name="next_pair", **quick)
 
     def poll(token, pair):
         if pair:  # a pair arrived by another route (undo, live prompt): stop polling
             return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * (rest - 2)
         return guarded(load)(token)
 
-    timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", api_name="poll",
+    timer.tick(with_session(poll), inputs=[pair_state], show_progress="hidden", api_name="poll",
                **quick)
 
     def run_live(token, text):
@@ -694,7 +710,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
 
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
-    live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,
+    live_button.click(with_session(run_live), inputs=[live_text], outputs=screen_outputs,
                       concurrency_limit=1, concurrency_id="pf-live")
     continue_button.click(run_continue, inputs=[token_state, continue_pair, next_turn, followup],
                           outputs=screen_outputs, concurrency_limit=1, concurrency_id="pf-live",
@@ -703,16 +719,31 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             "guidelines": show_guidelines, "guidelines_outputs": [guide_box, guide_html]}
 
 
-def build_sign_in(store: Store):
-    """The sign-in form; returns (column, name, password, button, message)."""
+SIGN_IN_FORM = """
+<form id="pf-signin-form" method="post" action="{action}" autocomplete="on">
+  <h2>prefloop</h2>
+  <p>Sign in to judge responses.</p>
+  <label id="pf-name" class="pf-field"><span>Name</span>
+    <input name="name" type="text" autocomplete="username" maxlength="{name_chars}" required></label>
+  <label id="pf-password" class="pf-field"><span>Password</span>
+    <input name="password" type="password" autocomplete="current-password" maxlength="{password_chars}" required></label>
+  <button id="pf-signin-button" type="submit" class="lg primary">Sign in</button>
+  <p id="pf-signin-message" role="status" aria-live="polite"></p>
+</form>
+"""
+
+
+def build_sign_in():
+    """The sign-in form: plain HTML whose script posts to the sign-in route (``prefloop.ui.server``),
+    so the password never enters a Gradio event. Returns its column.
+
+    ``maxlength`` is courtesy; auth.sign_in enforces the same caps on the server. A POST form
+    even without its script: a password never lands in a URL.
+    """
     import gradio as gr
 
+    form = SIGN_IN_FORM.format(action=SIGN_IN_PATH.lstrip("/"), name_chars=auth.MAX_NAME_INPUT_CHARS,
+                               password_chars=auth.MAX_PASSWORD_CHARS)
     with gr.Column(elem_id="pf-signin", visible=True) as column:
-        gr.Markdown("## prefloop\nSign in to judge responses.")
-        # max_length is courtesy; auth.sign_in enforces the same caps on the server
-        name = gr.Textbox(label="Name", elem_id="pf-name", max_lines=1, max_length=auth.MAX_NAME_INPUT_CHARS)
-        password = gr.Textbox(label="Password", type="password", elem_id="pf-password", max_lines=1,
-                              max_length=auth.MAX_PASSWORD_CHARS)
-        button = gr.Button("Sign in", variant="primary", elem_id="pf-signin-button")
-        message = gr.Markdown(elem_id="pf-signin-message")
-    return column, name, password, button, message
+        gr.HTML(form, js_on_load=SIGN_IN_JS)
+    return column
