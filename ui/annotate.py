@@ -712,7 +712,7 @@ def build_annotate_tab(store: Store) -> dict:
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
     live_button.click(with_session(run_live), inputs=[live_text], outputs=screen_outputs,
                       concurrency_limit=1, concurrency_id="pf-live")
-    continue_button.click(run_continue, inputs=[token_state, continue_pair, next_turn, followup],
+    continue_button.click(with_session(run_continue), inputs=[continue_pair, next_turn, followup],
                           outputs=screen_outputs, concurrency_limit=1, concurrency_id="pf-live",
                           api_name="continue_conversation")
     return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state,
