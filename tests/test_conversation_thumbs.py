@@ -64,7 +64,7 @@ def test_thumbs_single_answer_is_served_voted_and_keeps_lineage(tiny_v0):
 
     screen = served_screen(store, token)
     assert screen.single and screen.pair["generation_b_id"] is None
-    assert "Blue." in screen.left_html and "👍" in screen.right_html
+    assert "Blue." in screen.left_html and "thumbs up" in screen.right_html
     # a pair's choice on a single answer is refused and stores nothing
     with pytest.raises(PrefloopError, match="thumbs up or down"):
         store.record_judgment(me, item, "a")

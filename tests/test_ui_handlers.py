@@ -357,5 +357,9 @@ def test_app_builds_without_launching(tiny_v0):
     demo = app.build_app(tiny_v0)
     assert demo.is_running is False
     head = ui.launch_options(tiny_v0)["head"]
-    for _, _, elem_id, key in ui.VOTE_BUTTONS:
-        assert f'"{key}": "{elem_id}"' in head
+    import json
+    import re
+
+    keys = json.loads(re.search(r"const keys = (\{.*?\});", head).group(1))
+    for _, _, elem_id, key in ui.VOTE_BUTTONS + ui.THUMBS_BUTTONS:
+        assert elem_id in keys[key]

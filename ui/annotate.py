@@ -58,8 +58,8 @@ VOTE_BUTTONS = (
 )
 # a single answer (thumbs item): the same keys as A / B, so hands stay where they are
 THUMBS_BUTTONS = (
-    ("up", "👍 Good (1)", "pf-thumbs-up", "1"),
-    ("down", "👎 Bad (2)", "pf-thumbs-down", "2"),
+    ("up", "Thumbs up: good (1)", "pf-thumbs-up", "1"),
+    ("down", "Thumbs down: bad (2)", "pf-thumbs-down", "2"),
 )
 SKIP_BUTTON = ("Skip (S)", "pf-skip", "s")
 UNDO_BUTTON = ("Undo (U)", "pf-undo", "u")
@@ -182,7 +182,7 @@ def vote(
         screen.clear_inputs = True
         return screen
     label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad",
-             "up": "👍 good", "down": "👎 bad"}
+             "up": "thumbs up", "down": "thumbs down"}
     said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
     screen = next_pair(store, token, said, rng=rng)
     screen.clear_inputs = True
@@ -358,7 +358,7 @@ def _single_screen(store: Store, user: dict, assignment: dict, message: str, cle
         "shown_at": time.time(),
         "served_at": assignment.get("served_at"),
     }
-    note = '<div class="pf-waiting">One answer: is it good? 👍 (1) or 👎 (2)</div>'
+    note = '<div class="pf-waiting">One answer: is it good? Press 1 (thumbs up) or 2 (thumbs down).</div>'
     return Screen(
         pair=pair,
         prompt_html=_prompt_panel(assignment),
@@ -528,7 +528,7 @@ def launch_options(store: Store) -> dict[str, Any]:
 def shortcuts_markdown() -> str:
     keys = [(label.split(" (")[0], key) for _, label, _, key in VOTE_BUTTONS]
     keys += [("Skip", "S"), ("Undo", "U")]
-    keys[:2] = [("A is better / 👍 good", "1"), ("B is better / 👎 bad", "2")]
+    keys[:2] = [("A is better / thumbs up", "1"), ("B is better / thumbs down", "2")]
     shown = " · ".join(f"<kbd>{key.upper()}</kbd> {name}" for name, key in keys)
     return f'<div class="pf-keys">Keyboard: {shown} · <kbd>Esc</kbd> leaves a text box</div>'
 
