@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefloop.annotate.prompts import MAX_PROMPT_CHARS
 from prefloop.annotate.sampler import conversation
+from prefloop.annotate.votes import MAX_LIVE_PROMPT_CHARS, typed_prompt
 from prefloop.db.store import Store
-from prefloop.errors import InputError, PrefloopError
-from prefloop.safetext import first_control
+from prefloop.errors import PrefloopError
 
 CONTINUABLE_PURPOSES = ("train", "live")  # arena and gold pairs are evaluation, not conversations
 SOURCE_TYPED_BY_VOTER = "live"
@@ -81,18 +80,8 @@ def waiting_conversation(store: Store, annotator_id: int) -> dict | None:
 
 
 def next_turn_text(value: Any) -> str:
-    """A typed or picked next user turn, under the rules every prompt obeys."""
-    if value is not None and not isinstance(value, str):
-        raise InputError("the next turn must be text")
-    text = (value or "").strip()
-    if not text:
-        raise PrefloopError("write the next user turn, or pick a follow-up")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise PrefloopError(f"a turn is limited to {MAX_PROMPT_CHARS:,} characters")
-    control = first_control(text)
-    if control:
-        raise PrefloopError(f"the turn holds control character U+{ord(control[1]):04X}; remove it")
-    return text
+    """A typed or picked next user turn, under the rules every typed prompt obeys."""
+    return typed_prompt(value, "a next user turn", MAX_LIVE_PROMPT_CHARS)
 
 
 def continued_prompt(store: Store, annotator_id: int, pair_id: int, next_turn: Any) -> dict:

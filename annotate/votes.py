@@ -18,6 +18,7 @@ from typing import Any
 
 from prefloop.db.store import Store
 from prefloop.errors import InputError, PrefloopError
+from prefloop.safetext import first_control
 
 UNDO_WINDOW_S = 10 * 60  # long enough to notice a slip, short enough that no round is waiting
 REASON_TAGS = (
@@ -60,6 +61,22 @@ def text_input(value: Any, name: str, limit: int) -> str:
     if not isinstance(value, str):
         raise InputError(f"{name} must be text")
     return value.strip()[:limit]
+
+
+def typed_prompt(value: Any, what: str = "a prompt", limit: int = MAX_LIVE_PROMPT_CHARS) -> str:
+    """A prompt or a conversation's next turn typed by hand: text, not empty, at most ``limit``
+    characters, no control characters (the rule `prompts import` and `import` apply)."""
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"the {what.split(' ', 1)[-1]} must be text")
+    text = (value or "").strip()
+    if not text:
+        raise PrefloopError(f"type {what} first")
+    if len(text) > limit:
+        raise PrefloopError(f"{what} is limited to {limit:,} characters")
+    control = first_control(text)
+    if control:
+        raise PrefloopError(f"the {what.split(' ', 1)[-1]} holds control character U+{ord(control[1]):04X}; remove it")
+    return text
 
 
 def reason_tags(reasons: Any) -> list[str]:

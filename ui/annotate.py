@@ -36,7 +36,6 @@ from prefloop.annotate.votes import (
 )
 from prefloop.db.store import Store
 from prefloop.errors import InputError, PrefloopError
-from prefloop.safetext import first_control
 from prefloop.ui.render import (
     highlight_css,
     markdown_text,
@@ -217,24 +216,21 @@ def live_prompt(
 ) -> Iterator[Screen]:
     """Stream both responses to an annotator's own prompt, then make the pair votable."""
     user = auth.require_role(store, token, "annotator")
-    if prompt_text is not None and not isinstance(prompt_text, str):
-        raise InputError("the prompt must be text")
-    prompt_text = (prompt_text or "").strip()
-    if not prompt_text:
-        raise PrefloopError("type a prompt first")
-    if len(prompt_text) > MAX_LIVE_PROMPT_CHARS:
-        raise PrefloopError(f"prompts are limited to {MAX_LIVE_PROMPT_CHARS:,} characters")
-    control = first_control(prompt_text)  # the rule `prompts import` and `import` apply
-    if control:
-        raise PrefloopError(f"the prompt holds control character U+{ord(control[1]):04X}; remove it")
-    prompt_html = render_prompt(prompt_text)
+    prompt_text = votes.typed_prompt(prompt_text)
+    stream = stream_live_pair(store, user["id"], prompt_text, params)
+    yield from _streamed(store, user, render_prompt(prompt_text), stream, "Both responses are ready: vote as usual.")
+
+
+def _streamed(store: Store, user: dict, prompt_html: str, stream: Iterator[tuple], ready: str,
+              continuation: dict | None = None) -> Iterator[Screen]:
+    """Screens while both answers stream in (plain text: half-parsed Markdown flickers), then the
+    votable pair; ``stream`` yields (text_a, text_b) and finally ("__done__", pair_id)."""
     progress = progress_line(store, user)
-    for item in stream_live_pair(store, user["id"], prompt_text, params):
+    for item in stream:
         if item and item[0] == "__done__":
-            assignment = store.assignment(user["id"], int(item[1]))
-            yield _pair_screen(
-                store, user, assignment, "Both responses are ready: vote as usual.", clear=True
-            )
+            screen = _pair_screen(store, user, store.assignment(user["id"], int(item[1])), ready, clear=True)
+            screen.continuation = continuation
+            yield screen
             return
         text_a, text_b = item
         yield Screen(
@@ -243,6 +239,7 @@ def live_prompt(
             right_html=panel("Response B", render_plain(text_b), "pf-right"),
             message="Generating both responses…",
             progress=progress,
+            continuation=continuation,
         )
 
 
@@ -268,23 +265,8 @@ def continue_conversation(
         yield screen
         return
     prompt_html = _prompt_panel({"prompt": prompt["text"], "prompt_messages": prompt["messages"]})
-    progress = progress_line(store, user)
-    for item in stream_pair_for(store, user["id"], prompt):
-        if item and item[0] == "__done__":
-            assignment = store.assignment(user["id"], int(item[1]))
-            screen = _pair_screen(store, user, assignment, "The conversation goes on: vote as usual.", clear=True)
-            screen.continuation = {}
-            yield screen
-            return
-        text_a, text_b = item
-        yield Screen(
-            prompt_html=prompt_html,
-            left_html=panel("Response A", render_plain(text_a), "pf-left"),
-            right_html=panel("Response B", render_plain(text_b), "pf-right"),
-            message="Generating both responses…",
-            progress=progress,
-            continuation={},
-        )
+    yield from _streamed(store, user, prompt_html, stream_pair_for(store, user["id"], prompt),
+                         "The conversation goes on: vote as usual.", continuation={})
 
 
 # -- inputs: every event value checked for type and size before use ----------------------------
