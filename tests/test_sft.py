@@ -191,6 +191,7 @@ def test_sft_train_command_end_to_end(tiny_v0):
     assert "round 1 trained: version v1, 5 pairs" in result.output and "gate: wait" in result.output
     assert store.round(1)["config"]["sft_chosen_margin"] == 1 and learned(store, "v1")
     assert_unchanged(before, base_state(store))
+    add_judged_pairs(store, 1, tag="new")  # a new a/b vote, but nothing written
     refused = CliRunner().invoke(cli, ["train", "--method", "sft", "--no-wait"])
     assert refused.exit_code == 1 and "no SFT rows" in refused.output and "Traceback" not in refused.output
 
