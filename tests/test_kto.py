@@ -244,6 +244,8 @@ def test_kto_train_command_end_to_end(tiny_v0):
     assert_unchanged(before, base_state(store))
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output
     assert "kto" in help_text and "sft-dpo" in help_text and "--sft-chosen-margin" in help_text
+    simulate_help = CliRunner().invoke(cli, ["simulate", "--help"]).output
+    assert "dpo|orpo|kto|sft|sft-dpo" in simulate_help.replace("\n", "").replace(" ", "")
 
 
 @pytest.mark.slow
