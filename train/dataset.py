@@ -29,6 +29,9 @@ a one-message assistant list. Each row also carries lineage keys (``pair_id``, `
 ``judgment_ids``, ``source``, ...). TRL's DPOTrainer drops unknown columns after tokenising, but
 ORPO's collator keeps them, so :func:`training_columns` strips them before a trainer sees them;
 the snapshot saved in the round folder keeps everything.
+
+KTO's labelled answers and SFT's demonstrations come from the same judgments by the same rules
+(:func:`votes_by_pair`, :func:`plurality`): prefloop.train.examples.
 """
 
 from __future__ import annotations

@@ -415,26 +415,26 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     phase_metrics: dict[str, dict] = {}
     extra: dict = {}
     steps = 0
-    for index, (phase, phase_rows_) in enumerate(phases.items()):
+    for index, (phase, learned_rows) in enumerate(phases.items()):
         # One trainer per phase; a later phase (sft-dpo's DPO) continues the adapter the earlier one trained.
         phase_config = dataclasses.replace(config, method=phase)
         fields = settings(phase_config, on_gpu, folder)
-        fields["warmup_steps"] = warmup_steps(config, len(phase_rows_))
+        fields["warmup_steps"] = warmup_steps(config, len(learned_rows))
         if phase == "kto":
-            weights = recipe.kto_class_weights(*label_counts(phase_rows_))
+            weights = recipe.kto_class_weights(*label_counts(learned_rows))
             fields.update(desirable_weight=weights["desirable_weight"], undesirable_weight=weights["undesirable_weight"])
             extra["kto_class_weights"] = weights
         # Building the trainer tokenises the rows and, for DPO and KTO, runs the reference over them once.
         with recipe.completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
             trainer = recipe.make_trainer(
-                model, tokenizer, training_columns(phase_rows_, cut_off_flags=True), phase_config, on_gpu, store,
+                model, tokenizer, training_columns(learned_rows, cut_off_flags=True), phase_config, on_gpu, store,
                 round_id, main, fields, progress=recipe.Progress.of_phase(index, names, steps),
             )
             clock.lap("prepare" if len(names) == 1 else f"prepare_{phase}")
             output = trainer.train()
             clock.lap("train" if len(names) == 1 else f"train_{phase}")
         steps += output.global_step
-        phase_metrics[phase] = {"rows": len(phase_rows_), "train_loss": output.training_loss,
+        phase_metrics[phase] = {"rows": len(learned_rows), "train_loss": output.training_loss,
                                 "steps": output.global_step}
         model = trainer.model
         if index < len(names) - 1:
