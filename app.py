@@ -34,20 +34,18 @@ OPTIONAL_TABS = (  # (label, builder, role); each tab re-checks roles in its own
 def build_app(store):
     """The whole app: a sign-in page, then tabs by role. Nothing here launches a server.
 
-    Launch it with ``prefloop.ui.annotate.launch_options()``: they switch off Gradio's run
-    history, uploads and deep links (``prefloop.ui.server``).
+    Launch it with ``prefloop.ui.annotate.launch_options(store)``: they serve sign-in and
+    sign-out (the session is an HttpOnly cookie) and switch off Gradio's run history, uploads
+    and deep links (``prefloop.ui.server``). Every handler reads the session from the cookie of
+    the request that carried its event; no component holds a token.
 
-    Example: build_app(Store()).launch(**prefloop.ui.annotate.launch_options())
+    Example: build_app(store).launch(**prefloop.ui.annotate.launch_options(store))
     """
     import gradio as gr
 
     # no telemetry: annotators' work stays on this machine, and offline deployments cannot reach it
     with gr.Blocks(title="prefloop", analytics_enabled=False) as demo:
-        # BrowserState: a reload or a server restart keeps you signed in until the session expires
-        # (the token is encrypted in localStorage with a key kept beside the database)
-        token_state = gr.BrowserState(None, storage_key="prefloop-session",
-                                      secret=auth.browser_secret(Path(store.path).parent))
-        signin_column, name, password, signin_button, signin_message = ui.build_sign_in(store)
+        signin_column = ui.build_sign_in()
         with gr.Column(visible=False, elem_id="pf-main") as main_column:
             with gr.Row(equal_height=True):
                 gr.Markdown("### prefloop: which response is better?")
@@ -57,15 +55,17 @@ def build_app(store):
                 )
             with gr.Tabs():
                 with gr.Tab("Annotate", id="annotate"):
-                    annotate = ui.build_annotate_tab(store, token_state)
+                    annotate = ui.build_annotate_tab(store)
                 tabs = {}
                 for label, builder, _ in OPTIONAL_TABS:
                     with gr.Tab(label, id=label.lower(), visible=False) as tabs[label.lower()]:
-                        builder(store, token_state)
+                        builder(store)
 
         shell = [signin_column, main_column, *tabs.values()]
 
-        def shell_for(user) -> list:
+        def restore(token) -> list:
+            """The page for whoever the cookie names (the sign-in form when nobody)."""
+            user = auth.current_user(store, token)
             show = ui.visible_tabs(user)
             return [
                 gr.Column(visible=user is None),
@@ -73,40 +73,17 @@ def build_app(store):
                 *(gr.Tab(visible=show[key]) for key in tabs),
             ]
 
-        def restore(token):
-            return shell_for(auth.current_user(store, token))
-
-        def do_sign_in(name_value, password_value, request: gr.Request):
-            client = request.client.host if request is not None and request.client else ""
-            token, message = ui.sign_in(store, name_value, password_value, client)
-            user = auth.current_user(store, token)
-            return [token if token else gr.update(), "", message, *shell_for(user)]
-
-        # app.py postpones annotations and imports gradio lazily: give Gradio the real class
-        do_sign_in.__annotations__["request"] = gr.Request
-
-        def do_sign_out(token):
-            _, message = ui.sign_out(store, token)
-            return [None, message, *shell_for(None)]
-
         def load_if_signed_in(token):
             if auth.current_user(store, token) is None:
                 return [gr.update()] * len(annotate["outputs"])
             return annotate["load"](token)
 
-        sign_in_outputs = [token_state, password, signin_message, *shell]
-        # stable api names: bench/http_load.py signs in over HTTP as "/sign_in"
-        for trigger, api_name in ((signin_button.click, "sign_in"), (password.submit, "sign_in_enter")):
-            trigger(do_sign_in, [name, password], sign_in_outputs, api_name=api_name).then(
-                load_if_signed_in, [token_state], annotate["outputs"]
-            ).then(annotate["guidelines"], [token_state], annotate["guidelines_outputs"])
-        # sign-out also deletes the browser's copy: Gradio writes BrowserState only for truthy values
-        signout_button.click(do_sign_out, [token_state], [token_state, signin_message, *shell]).then(
-            None, js=f"() => {{ localStorage.removeItem({token_state.storage_key!r}); }}"
-        )
-        demo.load(restore, [token_state], shell).then(
-            load_if_signed_in, [token_state], annotate["outputs"]
-        ).then(annotate["guidelines"], [token_state], annotate["guidelines_outputs"])
+        # sign-in and sign-out are HTTP routes (ui/server.py): the form's script posts there and
+        # reloads; this button's script does the same, with no Python event
+        signout_button.click(None, js=server.SIGN_OUT_JS)
+        demo.load(server.with_session(restore), None, shell).then(
+            server.with_session(load_if_signed_in), None, annotate["outputs"]
+        ).then(server.with_session(annotate["guidelines"]), None, annotate["guidelines_outputs"])
     return demo
 
 
@@ -154,7 +131,7 @@ def serve(host: str, port: int, no_sampler: bool, trusted_proxies: tuple[str, ..
     server.prepare_environment(Path(store.path).parent, trusted_proxies)
     try:
         build_app(store).launch(
-            server_name=host, server_port=port, show_error=False, **ui.launch_options()
+            server_name=host, server_port=port, show_error=False, **ui.launch_options(store)
         )
     except OSError:
         raise server.port_error(host, port) from None

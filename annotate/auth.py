@@ -1,7 +1,8 @@
 """Accounts, roles and sessions.
 
 Passwords are hashed with Argon2id (argon2-cffi); only a SHA-256 of each session token is stored,
-so a copy of the database cannot be used to impersonate anyone. Every privileged action calls
+so a copy of the database cannot be used to impersonate anyone. The browser holds the token only
+in an HttpOnly cookie that page scripts cannot read (``prefloop.ui.server``). Every privileged action calls
 ``require_role`` on the server side: hiding a button is never the access control.
 """
 
@@ -10,11 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import os
 import secrets
-import time
 import unicodedata
-from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -37,27 +35,8 @@ TOKEN_CHARS = 43  # secrets.token_urlsafe(32)
 _hasher = PasswordHasher()
 
 
-def browser_secret(folder: Path) -> str:
-    """The key that encrypts sign-in tokens in browsers' localStorage, kept in ``folder``.
-
-    Why a file: a fresh key per start would sign every annotator out whenever the app restarts.
-    Created once, readable by the owner only; a second process racing to create it reads the
-    winner's key.
-    """
-    path = Path(folder) / "browser-secret"
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # the creator may not have written it yet
-            secret = path.read_text().strip()
-            if secret:
-                return secret
-            time.sleep(0.01)
-        raise AuthError(f"{path} is empty; delete it and start again (everyone signs in again)") from None
-    secret = secrets.token_urlsafe(32)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(secret)
-    return secret
+class TooManySignIns(AuthError):
+    """The limiter refused a sign-in before any password was checked (HTTP answers 429)."""
 
 
 def hash_password(password: str) -> str:
@@ -158,7 +137,7 @@ def sign_in(store: Store, name: str, password: str, client: str = "") -> tuple[s
         name = ""  # cannot be an account: counted against the address only, never stored
     keys = _limiter_keys(name, client)
     if any(sign_in_limiter.blocked(key, limit) for key, limit in keys):
-        raise AuthError(f"too many failed sign-ins; wait {SIGN_IN_WINDOW_S} seconds and try again")
+        raise TooManySignIns(f"too many failed sign-ins; wait {SIGN_IN_WINDOW_S} seconds and try again")
     user = store.annotator_by_name(normal_name(name)) if name else None
     usable = bool(user and user["active"] and user["password_hash"])
     try:

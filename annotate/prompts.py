@@ -331,7 +331,27 @@ def _prompt_from_record(record: dict, where: str) -> dict:
         "messages": messages,
         "kind": _optional_text(record.get("kind"), "kind", where),
         "split": _record_split(record.get("split"), where),
+        "followups": _followups(record.get("followups"), where),
     }
+
+
+MAX_FOLLOWUPS = 20  # next user turns a prompt may offer the annotator who continues it
+
+
+def _followups(value: Any, where: str) -> list[str]:
+    """Next user turns a prompt set supplies (``followups``: a list of texts), checked like prompts."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PromptImportError(f"{where}: 'followups' must be a list of texts")
+    turns = [v.strip() for v in value if v.strip()]
+    if len(turns) > MAX_FOLLOWUPS:
+        raise PromptImportError(f"{where}: at most {MAX_FOLLOWUPS} followups per prompt, not {len(turns)}")
+    for turn in turns:
+        if len(turn) > MAX_PROMPT_CHARS:
+            raise PromptImportError(f"{where}: a follow-up is longer than {MAX_PROMPT_CHARS:,} characters")
+        _refuse_control_characters(turn, where)
+    return turns
 
 
 ALLOWED_CONTROLS = "\t\n\r"

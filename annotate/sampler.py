@@ -29,6 +29,7 @@ from prefloop.engine.generation import (
     derive_seed,
     sampling_dtype,
 )
+from prefloop.engine.history import fit_history
 from prefloop.engine.models import default_device, load_version
 from prefloop.errors import SamplerError
 
@@ -58,6 +59,12 @@ def conversation(prompt: dict) -> list[dict]:
     return prompt.get("messages") or [{"role": "user", "content": prompt["text"]}]
 
 
+def fitted(store: Store, engine, messages: list[dict]) -> tuple[list[dict], int]:
+    """What the model reads of a conversation: cut from the left at ``history_token_budget``
+    (engine/history.py; rounds cut their rows with the same function)."""
+    return fit_history(engine.tokenizer, messages, int(store.get_setting("history_token_budget")))
+
+
 def _params(store: Store, params):
 
     if params is None:
@@ -82,14 +89,16 @@ def _pick_prompts(store: Store, prompt_ids, choose: Callable[[int], list[dict]],
     return choose(n)
 
 
-def _generation_row(version_id: int, generated, params, engine) -> dict:
+def _generation_row(version_id: int, generated, params, engine, dropped: int = 0) -> dict:
     """A generations row. The params carry the engine and the dtype the model sampled in: in
     bfloat16 a row's text also depends on its batch mates, so (seed, params) alone replays it
-    only in float32, and only on the same engine."""
+    only in float32, and only on the same engine. ``history_dropped_turns``: how many earliest
+    messages the model did not see (a long conversation cut at the token budget)."""
+    cut = {"history_dropped_turns": dropped} if dropped else {}
     return {
         "version_id": version_id,
         "text": generated.text,
-        "params": {**params.to_dict(), **engine.record},
+        "params": {**params.to_dict(), **engine.record, **cut},
         "seed": generated.seed,
         "prompt_tokens": generated.prompt_tokens,
         "completion_tokens": generated.completion_tokens,
@@ -125,8 +134,10 @@ def sample_pairs(
     purpose: str = "train",
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    single: bool = False,
 ) -> list[int]:
-    """Sample two responses per prompt from ``version`` and queue them as pairs.
+    """Sample two responses per prompt from ``version`` and queue them as pairs (one response,
+    queued as a thumbs item, with ``single``).
 
     Prompts are ``prompt_ids`` or the ``n_prompts`` of ``split`` with the fewest pairs from this
     version. Returns the ids of the pairs stored; near-identical pairs are dropped (not stored).
@@ -144,15 +155,22 @@ def sample_pairs(
         progress(0, len(prompts))  # the bar starts with the work (loading the model included)
     base = _base_seed(seed)
     engine = open_engine(store, row["name"])  # the `engine` setting: torch loop or a vLLM server
-    per_batch = max(1, batch_size // 2)
+    slots = ("a",) if single else ("a", "b")
+    per_batch = max(1, batch_size // len(slots))
     pair_ids: list[int] = []
     dropped = 0
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
-        conversations = [conversation(p) for p in chunk for _ in range(2)]
-        seeds = [derive_seed(base, p["id"], slot) for p in chunk for slot in ("a", "b")]
+        histories = [fitted(store, engine, conversation(p)) for p in chunk]
+        conversations = [messages for messages, _ in histories for _ in slots]
+        seeds = [derive_seed(base, p["id"], slot) for p in chunk for slot in slots]
         outputs = engine.generate(conversations, params, seeds, batch_size=batch_size)
         for i, prompt in enumerate(chunk):
+            cut = histories[i][1]
+            if single:
+                generation = _generation_row(row["id"], outputs[i], params, engine, cut)
+                pair_ids.append(store.add_single(prompt["id"], generation, purpose=purpose))
+                continue
             first, second = outputs[2 * i], outputs[2 * i + 1]
             if near_identical(first.text, second.text):
                 dropped += 1
@@ -160,8 +178,8 @@ def sample_pairs(
             pair_ids.append(
                 store.add_pair(
                     prompt["id"],
-                    _generation_row(row["id"], first, params, engine),
-                    _generation_row(row["id"], second, params, engine),
+                    _generation_row(row["id"], first, params, engine, cut),
+                    _generation_row(row["id"], second, params, engine, cut),
                     purpose=purpose,
                 )
             )
@@ -214,7 +232,8 @@ def sample_battle_pairs(
     for step, row in enumerate(rows):
         engine = engines[row["id"]] = open_engine(store, row["name"])
         seeds = [derive_seed(base, p["id"], row["name"]) for p in prompts]
-        outputs[row["id"]] = engine.generate([conversation(p) for p in prompts], params, seeds, batch_size=batch_size)
+        histories = [fitted(store, engine, conversation(p))[0] for p in prompts]
+        outputs[row["id"]] = engine.generate(histories, params, seeds, batch_size=batch_size)
         if progress:
             progress(len(prompts) * (step + 1) // 2, len(prompts))
     coin = random.Random(base)
@@ -248,6 +267,15 @@ def stream_live_pair(
     text = (prompt_text or "").strip()
     if not text:
         raise SamplerError("type a prompt first")
+    return stream_pair_for(store, annotator_id, {"text": text, "source": "live", "split": "train"}, params)
+
+
+def stream_pair_for(store: Store, annotator_id: int, prompt: dict, params=None) -> Iterator[tuple]:
+    """Stream two responses to ``prompt`` (a prompt dict not stored yet: a live prompt, or a
+    conversation's next turn), then store the prompt and the pair and assign it to the annotator.
+
+    A pair made here has purpose ``live`` and wants one judgment: it is the annotator's own.
+    """
     if store.annotator(annotator_id) is None:
         raise SamplerError(f"no annotator with id {annotator_id}")
     active = store.active_version()
@@ -257,7 +285,7 @@ def stream_live_pair(
     base = _base_seed(None)
     seeds = [derive_seed(base, "live", slot) for slot in ("a", "b")]
     engine = open_engine(store, active["name"])
-    messages = [{"role": "user", "content": text}]
+    messages, cut = fitted(store, engine, conversation(prompt))
     decoding = engine.stream_batch([messages, messages], params, seeds)
     while True:
         try:
@@ -266,11 +294,11 @@ def stream_live_pair(
             results = finished.value
             break
         yield texts[0], texts[1]
-    prompt_id = store.prompt_id_for_text(text, source="live", split="train")
+    prompt_id = store.prompt_id_for(prompt)
     pair_id = store.add_pair(
         prompt_id,
-        _generation_row(active["id"], results[0], params, engine),
-        _generation_row(active["id"], results[1], params, engine),
+        _generation_row(active["id"], results[0], params, engine, cut),
+        _generation_row(active["id"], results[1], params, engine, cut),
         purpose="live",
         judgments_wanted=1,
         created_by=annotator_id,
@@ -298,6 +326,14 @@ def gate_queue_plan(store: Store, version_id: int, target: int) -> tuple[str, in
     if train_queued < train_target:
         return "train", train_target - train_queued
     return None
+
+
+def wants_singles(store: Store, version_id: int, target: int) -> bool:
+    """Whether the next train batch should be single answers (thumbs items): while fewer than
+    ``thumbs_share`` of the queue target are queued. Gate pairs are always pairs (the gate
+    compares answers)."""
+    share = float(store.get_setting("thumbs_share") or 0)
+    return share > 0 and store.queued_singles(version_id) < max(1, round(target * share))
 
 
 class QueueFiller:
@@ -378,8 +414,10 @@ class QueueFiller:
         split, wanted = plan
         self._set(state="filling")
         wanted = min(wanted, max(1, self.batch_size // 2))
+        single = split == "train" and wants_singles(self.store, active["id"], target)
         made = sample_pairs(
-            self.store, active["name"], n_prompts=wanted, split=split, params=self.params, batch_size=self.batch_size
+            self.store, active["name"], n_prompts=wanted, split=split, params=self.params,
+            batch_size=self.batch_size, single=single,
         )
         current = self.store.active_version()
         if current is not None and current["id"] != active["id"]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from prefloop.annotate import auth
-from prefloop.db.store import CHOICES, PAIR_PURPOSES, SPLITS, Store, loads
+from prefloop.db.store import CHOICES, PAIR_MODES, PAIR_PURPOSES, SPLITS, THUMBS, Store, loads
 from prefloop.errors import PrefloopError, TransferError
 from prefloop.safetext import first_control, validate_version_name
 
@@ -63,13 +63,14 @@ def judgment_records(store: Store) -> list[dict]:
                 "gold_choice": row["gold_choice"],
                 "judgments_wanted": row["judgments_wanted"],
                 "created_at": row["pair_created_at"],
+                "mode": row["mode"],
             },
             **{
                 f"generation_{s}": {
                     "version": row[f"g{s}_version"],
                     **{f: row[f"g{s}_{f}"] for f in GENERATION_FIELDS if f != "version"},
                     "params": loads(row[f"g{s}_params"], {}),
-                }
+                } if row[f"g{s}_version"] is not None else None  # a single (thumbs) item has no b
                 for s in "ab"
             },
             "shown_left": row["shown_left"],
@@ -211,7 +212,12 @@ def check_record(r: Any) -> dict:
     if wanted < 1:
         raise _Invalid("pair.judgments_wanted must be at least 1")
     _timestamp(pair.get("created_at"), "pair.created_at")
-    for side in ("generation_a", "generation_b"):
+    mode = pair.get("mode", "pair")  # records written before thumbs existed have no mode
+    _one_of(mode, "pair.mode", PAIR_MODES)
+    sides = ("generation_a", "generation_b") if mode == "pair" else ("generation_a",)
+    if mode == "single" and r.get("generation_b") is not None:
+        raise _Invalid("a single (thumbs) item has no generation_b")
+    for side in sides:
         g = _require(r.get(side), side, dict)
         try:
             validate_version_name(g.get("version"))
@@ -236,7 +242,7 @@ def check_record(r: Any) -> dict:
         raise _Invalid(f"annotator: {error}") from None
     if r["annotator"] != r["annotator"].strip():
         raise _Invalid("annotator has spaces around the name")
-    _one_of(r.get("choice"), "choice", CHOICES)
+    _one_of(r.get("choice"), "choice", CHOICES if mode == "pair" else THUMBS)
     reasons = r.get("reasons")
     if reasons is not None and not (isinstance(reasons, list) and all(isinstance(x, str) for x in reasons)):
         raise _Invalid("reasons must be a list of texts or null")

@@ -4,8 +4,10 @@
 
 Each simulated annotator is its own client session (its own Gradio ``session_hash``, so the
 server-side ``gr.State`` that holds the shown pair is theirs), signs in through the app's
-``/sign_in`` event and then casts votes through ``/vote_left`` | ``/vote_right`` | ``/vote_tie`` |
-``/vote_both_bad``, exactly the events the buttons fire. It speaks Gradio's queue protocol
+sign-in route (``POST /prefloop/sign-in``, which answers with the HttpOnly session cookie that
+the session's HTTP client then sends, as a browser does) and then casts votes through
+``/vote_left`` | ``/vote_right`` | ``/vote_tie`` | ``/vote_both_bad``, exactly the events the
+buttons fire. It speaks Gradio's queue protocol
 (``POST /gradio_api/queue/join`` then the session's ``GET /gradio_api/queue/data`` event stream)
 directly with httpx: thin enough that the client adds little to what it measures, and the
 ``process_completed`` message carries the server's own handler time (``output.duration``), so
@@ -38,6 +40,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 API = "/gradio_api"
+SIGN_IN = "/prefloop/sign-in"  # prefloop.ui.server.SIGN_IN_PATH
+SESSION_COOKIE = "prefloop_session"  # prefloop.ui.server.SESSION_COOKIE
 SIDES = ("left", "right", "tie", "both_bad")
 ACK_PREFIX = "Recorded"
 WAITING_MARK = "pf-waiting"  # the waiting screen's prompt box (ui/annotate.py _waiting_screen)
@@ -52,13 +56,26 @@ class LoadError(Exception):
 # one client session over Gradio's queue protocol
 # --------------------------------------------------------------------------------------------
 class GradioSession:
-    """One browser tab's worth of state: a session hash and a keep-alive HTTP connection."""
+    """One browser tab's worth of state: a session hash, a keep-alive HTTP connection and (after
+    ``sign_in``) the session cookie in that connection's cookie jar."""
 
     def __init__(self, url: str, fn_index: dict[str, int], timeout_s: float = 60.0):
         self.url = url.rstrip("/")
         self.fn_index = fn_index
         self.session_hash = uuid.uuid4().hex[:12]
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0))
+
+    def sign_in(self, name: str, password: str) -> str:
+        """Sign in through the app's route; the cookie it sets rides on every later call.
+        Returns the server's message; LoadError when refused."""
+        answer = self.http.post(f"{self.url}{SIGN_IN}", json={"name": name, "password": password})
+        try:
+            message = answer.json().get("message", "")
+        except ValueError:
+            message = answer.text[:200]
+        if answer.status_code != 200 or SESSION_COOKIE not in self.http.cookies:
+            raise LoadError(f"sign-in refused ({answer.status_code}): {message}")
+        return message
 
     def call(self, api_name: str, data: list) -> tuple[list, float | None]:
         """Run one event; returns (output values, server-side handler seconds)."""
@@ -76,17 +93,22 @@ class GradioSession:
         self.http.close()
 
 
-def queue_messages(http: httpx.Client, api_base: str, fn_index: int, data: list, session_hash: str):
+def queue_messages(http: httpx.Client, api_base: str, fn_index: int, data: list, session_hash: str,
+                   headers: dict | None = None):
     """Run one event through Gradio's queue the way the browser does (``queue/join``, then the
-    session's event stream) and yield its messages up to ``process_completed`` or the stream's end."""
-    joined = http.post(f"{api_base}/queue/join", json={
+    session's event stream) and yield its messages up to ``process_completed`` or the stream's end.
+
+    The session is whatever cookie ``http`` (or ``headers``) carries to ``queue/join``: the
+    handler reads it from the request that joined the queue."""
+    joined = http.post(f"{api_base}/queue/join", headers=headers, json={
         "data": data, "fn_index": fn_index, "session_hash": session_hash,
         "event_data": None, "trigger_id": None,
     })
     if joined.status_code != 200:
         raise LoadError(f"fn {fn_index}: queue/join answered {joined.status_code}: {joined.text[:200]}")
     event_id = joined.json()["event_id"]
-    with http.stream("GET", f"{api_base}/queue/data", params={"session_hash": session_hash}) as stream:
+    with http.stream("GET", f"{api_base}/queue/data", params={"session_hash": session_hash},
+                     headers=headers) as stream:
         for line in stream.iter_lines():
             if not line.startswith("data:"):
                 continue
@@ -194,11 +216,8 @@ def _annotate(
     session = GradioSession(url, fn_index)
     try:
         try:
-            outputs, _ = session.call("sign_in", [name, password])
-            token = outputs[0]
-            if not token:
-                raise LoadError(f"sign-in refused: {outputs[2]}")
-            outputs, _ = session.call("next_pair", [token])
+            session.sign_in(name, password)
+            outputs, _ = session.call("next_pair", [])
         except (LoadError, httpx.HTTPError) as error:
             with lock:
                 result.errors.append(f"{name}: {error}")
@@ -218,7 +237,7 @@ def _annotate(
                     result.waiting_polls += 1
                 time.sleep(0.5)
                 try:
-                    outputs, _ = session.call("next_pair", [token])
+                    outputs, _ = session.call("next_pair", [])
                 except (LoadError, httpx.HTTPError) as error:
                     with lock:
                         result.errors.append(f"{name}: next_pair: {error}")
@@ -232,7 +251,7 @@ def _annotate(
             with lock:
                 result.votes.append(vote)
             try:
-                outputs, vote.server_s = session.call(f"vote_{side}", [token, None, [], "", ""])
+                outputs, vote.server_s = session.call(f"vote_{side}", [None, [], "", ""])
             except (LoadError, httpx.HTTPError) as error:
                 vote.error = f"{type(error).__name__}: {error}"
                 return  # a failed call (server gone): this annotator stops

@@ -12,7 +12,7 @@ from prefloop.db.rows import (
     JUDGMENT_LINEAGE_JOINS,
     insert_judgment,
 )
-from prefloop.db.vocab import CHOICES
+from prefloop.db.vocab import CHOICES, THUMBS
 from prefloop.errors import StoreError
 
 
@@ -34,8 +34,8 @@ class JudgmentQueries(Connection):
 
         Refuses (StoreError) a vote on a pair not served to this annotator, or judged enough.
         """
-        if choice not in CHOICES:
-            raise StoreError(f"choice must be one of {', '.join(CHOICES)}, not {choice!r}")
+        if choice not in CHOICES + THUMBS:
+            raise StoreError(f"choice must be one of {', '.join(CHOICES + THUMBS)}, not {choice!r}")
         with self.write() as db:
             existing = db.execute(
                 "select id from judgments where pair_id = ? and annotator_id = ?",
@@ -44,14 +44,18 @@ class JudgmentQueries(Connection):
             if existing:
                 return existing[0], False
             served = db.execute(
-                "select s.left_generation_id, x.judgments_count, x.judgments_wanted, x.status "
+                "select s.left_generation_id, x.judgments_count, x.judgments_wanted, x.status, x.mode "
                 "from assignments s join pairs x on x.id = s.pair_id "
                 "where s.pair_id = ? and s.annotator_id = ?",
                 [pair_id, annotator_id],
             ).fetchone()
             if served is None:
                 raise StoreError("this pair was not served to you; reload to get your next pair")
-            left, count, wanted, status = served
+            left, count, wanted, status, mode = served
+            allowed = THUMBS if mode == "single" else CHOICES
+            if choice not in allowed:
+                what = "one answer: thumbs up or down" if mode == "single" else "two answers: a, b, tie or both_bad"
+                raise StoreError(f"this item has {what}; {choice!r} does not apply")
             if status != "open" or count >= wanted:
                 raise StoreError("this pair has already been judged enough; here is the next one")
             guideline_id = db.execute("select max(id) from guidelines").fetchone()[0]
@@ -107,10 +111,31 @@ class JudgmentQueries(Connection):
             "gb.id as generation_b_id, gb.text as text_b, gb.version_id as version_b_id, "
             "va.name as version_a, vb.name as version_b, x.status as pair_status, "
             "ga.finish_reason as finish_reason_a, gb.finish_reason as finish_reason_b, "
-            "ga.completion_tokens as tokens_a, gb.completion_tokens as tokens_b "
+            "ga.completion_tokens as tokens_a, gb.completion_tokens as tokens_b, x.mode "
             + JUDGMENT_LINEAGE_JOINS
             + f"where j.id > ? and x.purpose in ({marks}) order by j.id",
             [since_id, *purposes],
+        )
+
+    def latest_continuable_judgment(self, annotator_id: int | None, purposes: tuple[str, ...]) -> dict | None:
+        """The vote a conversation continues from: ``annotator_id``'s latest vote (None: anyone's
+        latest vote that chose an answer), if it chose one and its pair was not continued yet."""
+        marks = ",".join("?" for _ in purposes)
+        chose = "(j.choice in ('a', 'b', 'up') or coalesce(j.better_answer, '') != '')"
+        fresh = "not exists (select 1 from prompts c where c.parent_pair_id = j.pair_id)"
+        if annotator_id is not None:
+            row = self.row("select j.* from judgments j where j.annotator_id = ? order by j.id desc limit 1",
+                           [annotator_id])
+            if row is None or not self.scalar(
+                f"select count(*) from judgments j join pairs x on x.id = j.pair_id where j.id = ? "
+                f"and x.purpose in ({marks}) and {chose} and {fresh}", [row["id"], *purposes]
+            ):
+                return None
+            return row
+        return self.row(
+            f"select j.* from judgments j join pairs x on x.id = j.pair_id where x.purpose in ({marks}) "
+            f"and {chose} and {fresh} order by j.id desc limit 1",
+            list(purposes),
         )
 
     def annotator_counts(self, annotator_id: int) -> dict:

@@ -253,3 +253,20 @@ def m004_guidelines(db: sqlite_utils.Database) -> None:
         foreign_keys=[("created_by", "annotators", "id")],
     )
     db["judgments"].add_column("guideline_id", int, fk="guidelines", fk_col="id")
+
+
+@migrations()
+def m005_thumbs_and_conversations(db: sqlite_utils.Database) -> None:
+    """Single-response items (thumbs) and conversations that continue.
+
+    * ``pairs.mode``: ``pair`` (two answers, a/b/tie/both_bad) or ``single`` (one answer judged
+      up or down). A single item has no second generation, so ``generation_b_id`` becomes nullable.
+    * ``prompts.parent_pair_id``: a continued conversation's prompt names the pair whose chosen
+      answer became its assistant turn (lineage from turn to turn).
+    * ``prompts.followups``: JSON list of next user turns a prompt set supplies, offered to the
+      annotator who continues the conversation.
+    """
+    db["pairs"].add_column("mode", str, not_null_default="pair")
+    db["pairs"].transform(not_null={"generation_b_id": False})
+    db["prompts"].add_column("parent_pair_id", int, fk="pairs", fk_col="id")
+    db["prompts"].add_column("followups", str)

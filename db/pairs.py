@@ -52,6 +52,19 @@ class PairQueries(Connection):
             return insert_pair(db, prompt_id, ids, purpose=purpose, judgments_wanted=wanted,
                                gold_choice=gold_choice, created_by=created_by)
 
+    def add_single(
+        self, prompt_id: int, generation: dict | int, purpose: str = "train",
+        judgments_wanted: int | None = None, created_by: int | None = None,
+    ) -> int:
+        """Insert a single-response item (mode "single"): one answer, judged thumbs up or down."""
+        if purpose not in ("train", "live"):
+            raise StoreError("single-response items are train or live items")
+        wanted = judgments_wanted or self.get_setting("judgments_per_pair")
+        with self.write() as db:
+            gid = generation if isinstance(generation, int) else insert_generation(db, {**generation, "prompt_id": prompt_id})
+            return insert_pair(db, prompt_id, [gid, None], purpose=purpose, judgments_wanted=wanted,
+                               created_by=created_by)
+
     def generation(self, generation_id: int) -> dict | None:
         row = self.row("select * from generations where id = ?", [generation_id])
         if row:
@@ -133,7 +146,7 @@ class PairQueries(Connection):
                 ).fetchone()
                 if found:
                     pair_id, gen_a, gen_b = found
-                    left = gen_a if rng.random() < 0.5 else gen_b
+                    left = gen_a if gen_b is None or rng.random() < 0.5 else gen_b
                     db.execute(
                         "insert into assignments (pair_id, annotator_id, left_generation_id, "
                         "status, served_at) values (?, ?, ?, 'served', ?)",
@@ -195,6 +208,15 @@ class PairQueries(Connection):
             "(select count(*) from judgments j where j.pair_id = x.id and j.choice = x.gold_choice) "
             "as agreed from pairs x join prompts p on p.id = x.prompt_id "
             "where x.purpose = 'gold' order by x.id"
+        )
+
+    def queued_singles(self, version_id: int) -> int:
+        """Open single-answer (thumbs) items from one version that still want judgments."""
+        return self.scalar(
+            "select count(*) from pairs x join generations g on g.id = x.generation_a_id "
+            "where x.status = 'open' and x.purpose = 'train' and x.mode = 'single' and g.version_id = ? "
+            "and x.judgments_count < x.judgments_wanted",
+            [version_id],
         )
 
     def queued_heldout_pairs(self, version_id: int) -> int:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from prefloop.db.connection import (
     Connection,
-    content_hash,
     now,
 )
-from prefloop.db.rows import decode_prompt, insert_prompt
+from prefloop.db.rows import decode_prompt, insert_prompt, prompt_key
 from prefloop.db.vocab import SPLITS
 from prefloop.errors import StoreError
 
@@ -56,17 +55,25 @@ class PromptQueries(Connection):
             "  where x.prompt_id = p.id and g.version_id = :v and x.purpose = 'train') as n "
             # an annotator's live prompt is theirs: never sampled for other annotators
             "from prompts p where p.split = :split and p.source != 'live' "
-            "order by n, random() limit :limit",
+            # a conversation someone just continued is answered before untouched prompts
+            "order by n, p.parent_pair_id is null, random() limit :limit",
             {"v": version_id, "split": split, "limit": limit},
         )
         return [decode_prompt(r) for r in rows]
 
     def prompt_id_for_text(self, text: str, source: str, split: str = "train") -> int:
         """The id of a plain-text prompt, inserting it first if new (live prompts)."""
-        self.add_prompts([{"text": text, "source": source, "split": split}])
-        return self.scalar(
-            "select id from prompts where content_hash = ?", [content_hash(text)]
-        )
+        return self.prompt_id_for({"text": text, "source": source, "split": split})
+
+    def prompt_id_for(self, prompt: dict) -> int:
+        """The id of a prompt (text or chat), inserting it first if new."""
+        self.add_prompts([prompt])
+        return self.scalar("select id from prompts where content_hash = ?", [prompt_key(prompt)])
+
+    def continued_prompt_of(self, pair_id: int) -> dict | None:
+        """The prompt that continues the conversation of ``pair_id``, if one was made."""
+        row = self.row("select * from prompts where parent_pair_id = ? order by id limit 1", [pair_id])
+        return decode_prompt(row) if row else None
 
     def prompts_for_battle(self, version_a_id: int, version_b_id: int, split: str, limit: int) -> list[dict]:
         """Prompts of a split with the fewest arena pairs between these two versions yet."""

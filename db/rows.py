@@ -18,9 +18,9 @@ JUDGMENT_LINEAGE_JOINS = (
     "join prompts p on p.id = x.prompt_id "
     "join annotators an on an.id = j.annotator_id "
     "join generations ga on ga.id = x.generation_a_id "
-    "join generations gb on gb.id = x.generation_b_id "
+    "left join generations gb on gb.id = x.generation_b_id "  # none on a single (thumbs) item
     "join model_versions va on va.id = ga.version_id "
-    "join model_versions vb on vb.id = gb.version_id "
+    "left join model_versions vb on vb.id = gb.version_id "
 )
 
 
@@ -28,10 +28,10 @@ PAIR_SELECT = (
     "select x.*, p.text as prompt, p.messages as prompt_messages, p.split, "
     "ga.text as text_a, ga.version_id as version_a_id, gb.text as text_b, "
     "gb.version_id as version_b_id, ga.finish_reason as finish_reason_a, "
-    "gb.finish_reason as finish_reason_b "
+    "gb.finish_reason as finish_reason_b, ga.params as params_a "
     "from pairs x join prompts p on p.id = x.prompt_id "
     "join generations ga on ga.id = x.generation_a_id "
-    "join generations gb on gb.id = x.generation_b_id"
+    "left join generations gb on gb.id = x.generation_b_id"
 )
 
 
@@ -59,6 +59,7 @@ def insert_generation(db: sqlite_utils.Database, g: dict) -> int:
 def decode_prompt(row: dict) -> dict:
     row = dict(row)
     row["messages"] = loads(row.get("messages"))
+    row["followups"] = loads(row.get("followups")) or []
     row.pop("n", None)
     return row
 
@@ -86,24 +87,28 @@ def insert_prompt(db: sqlite_utils.Database, prompt: dict, *, default_source: st
                   created_at: str | None = None) -> int:
     """Insert a prompt unless one with the same key exists; returns rows added (0 or 1)."""
     messages = prompt.get("messages")
+    followups = prompt.get("followups")
     cursor = db.execute(
-        "insert or ignore into prompts (text, messages, kind, source, split, content_hash, created_at) "
-        "values (?, ?, ?, ?, ?, ?, ?)",
+        "insert or ignore into prompts (text, messages, kind, source, split, content_hash, created_at, "
+        "parent_pair_id, followups) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [prompt["text"], dumps(messages) if messages else None, prompt.get("kind"),
          prompt.get("source") or default_source, prompt.get("split") or "train", prompt_key(prompt),
-         created_at or now()],
+         created_at or now(), prompt.get("parent_pair_id"), dumps(followups) if followups else None],
     )
     return cursor.rowcount
 
 
-def insert_pair(db: sqlite_utils.Database, prompt_id: int, generation_ids: list[int], *, purpose: str,
+def insert_pair(db: sqlite_utils.Database, prompt_id: int, generation_ids: list[int | None], *, purpose: str,
                 judgments_wanted: int, gold_choice: str | None = None, status: str = "open",
                 created_by: int | None = None, created_at: str | None = None) -> int:
+    """A pair of two generations, or a single (thumbs) item when the second id is None."""
+    mode = "pair" if generation_ids[1] is not None else "single"
     cursor = db.execute(
         "insert into pairs (prompt_id, generation_a_id, generation_b_id, purpose, judgments_wanted, "
-        "judgments_count, gold_choice, status, created_by, created_at) values (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+        "judgments_count, gold_choice, status, created_by, created_at, mode) "
+        "values (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
         [prompt_id, generation_ids[0], generation_ids[1], purpose, judgments_wanted, gold_choice,
-         status, created_by, created_at or now()],
+         status, created_by, created_at or now(), mode],
     )
     return cursor.lastrowid
 

@@ -15,6 +15,7 @@ from prefloop.db.connection import (
     dumps,
     loads,
 )
+from prefloop.db.vocab import CONTINUATION
 from prefloop.errors import StoreError
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -35,6 +36,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "gate_min_length_ratio": 0.5,
     "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
     "gate_max_kl": 0.15,  # KL(parent || candidate), nats per token, on the parent's held-out samples
+    "thumbs_share": 0.0,  # share of the train queue that is single answers judged thumbs up/down
+    # who writes a conversation's next user turn after a vote: off | same_annotator | anyone
+    "continuation": "same_annotator",
+    # a conversation longer than this (templated tokens) loses its earliest turns, the same way
+    # in sampling and in training (engine/history.py); RoundConfig.max_prompt_length's default
+    "history_token_budget": 384,
     # who decodes: {"kind": "torch"} (the built-in loop) or {"kind": "vllm", "url": ...}; engine/engines.py
     "engine": {"kind": "torch"},
 }
@@ -54,7 +61,10 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "gate_min_length_ratio": (float, 0.0, 1.0),
     "gate_max_chosen_logp_drop": (float, 0.0, None),
     "gate_max_kl": (float, 0.0, None),
+    "thumbs_share": (float, 0.0, 1.0),
+    "history_token_budget": (int, 16, 32768),
 }
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {"continuation": CONTINUATION}
 MAX_SETTING_NUMBER = 1_000_000_000  # larger counts cannot be meant, and overflow SQLite integers
 
 
@@ -77,6 +87,8 @@ def check_setting(key: str, value: Any) -> Any:
             bound = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise StoreError(f"{key} must be {bound}, not {value}")
         return value
+    if key in SETTING_CHOICES and value not in SETTING_CHOICES[key]:
+        raise StoreError(f"{key} must be one of {', '.join(SETTING_CHOICES[key])}, not {value!r}")
     default = DEFAULT_SETTINGS[key]
     if default is not None and not isinstance(value, type(default)):
         raise StoreError(f"{key} must be {type(default).__name__}, not {value!r}")

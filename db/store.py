@@ -25,11 +25,11 @@ from prefloop.db.rounds import RoundQueries
 from prefloop.db.settings import DEFAULT_SETTINGS, SettingsQueries
 from prefloop.db.transfer import TransferQueries
 from prefloop.db.versions import VersionQueries
-from prefloop.db.vocab import CHOICES, PAIR_PURPOSES, ROLES, SPLITS
+from prefloop.db.vocab import CHOICES, CONTINUATION, PAIR_MODES, PAIR_PURPOSES, ROLES, SPLITS, THUMBS
 from prefloop.errors import StoreError
 
 __all__ = [
-    "CHOICES", "DEFAULT_SETTINGS", "PAIR_PURPOSES", "ROLES", "SPLITS", "Store", "StoreError",
+    "CHOICES", "CONTINUATION", "DEFAULT_SETTINGS", "PAIR_MODES", "PAIR_PURPOSES", "THUMBS", "ROLES", "SPLITS", "Store", "StoreError",
     "content_hash", "dumps", "loads", "now", "prefloop_home",
 ]
 

@@ -30,7 +30,7 @@ class TransferQueries(Connection):
         rows = self.rows(
             "select j.choice, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.created_at, "
             "case when j.left_generation_id = x.generation_a_id then 'a' else 'b' end as shown_left, "
-            "an.name as annotator, x.purpose, x.gold_choice, x.judgments_wanted, "
+            "an.name as annotator, x.purpose, x.gold_choice, x.judgments_wanted, x.mode, "
             "x.created_at as pair_created_at, p.text as prompt_text, p.messages as prompt_messages, "
             "p.kind as prompt_kind, p.source as prompt_source, p.split as prompt_split, "
             + ", ".join(
@@ -70,7 +70,8 @@ class TransferQueries(Connection):
                 counts["prompts"] += insert_prompt(db, prompt, default_source="imported", created_at=stamp)
                 prompt_id = one("select id from prompts where content_hash = ?", [prompt_key(prompt)])
                 generation_ids = []
-                for side in ("generation_a", "generation_b"):
+                single = r["pair"].get("mode") == "single"
+                for side in ("generation_a",) if single else ("generation_a", "generation_b"):
                     g = r[side]
                     version_id = one("select id from model_versions where name = ?", [g["version"]])
                     if version_id is None:
@@ -91,10 +92,12 @@ class TransferQueries(Connection):
                         )
                         counts["generations"] += 1
                     generation_ids.append(generation_id)
+                if single:
+                    generation_ids.append(None)
                 pair = r["pair"]
                 pair_id = one(
                     "select id from pairs where prompt_id = ? and generation_a_id = ? and "
-                    "generation_b_id = ? and purpose = ? and created_at = ?",
+                    "generation_b_id is ? and purpose = ? and created_at = ?",
                     [prompt_id, *generation_ids, pair["purpose"], pair["created_at"]],
                 )
                 if pair_id is None:

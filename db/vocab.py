@@ -3,7 +3,10 @@
 Defined once here (the bottom layer) so no face or domain module retypes them.
 """
 
-CHOICES = ("a", "b", "tie", "both_bad")
+CHOICES = ("a", "b", "tie", "both_bad")  # on a pair of answers
+THUMBS = ("up", "down")  # on a single answer (pairs.mode "single")
+PAIR_MODES = ("pair", "single")
+CONTINUATION = ("off", "same_annotator", "anyone")  # who writes a conversation's next user turn
 ROLES = ("annotator", "maintainer")
 SPLITS = ("train", "heldout")
 PAIR_PURPOSES = ("train", "arena", "gold", "live")

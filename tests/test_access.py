@@ -4,11 +4,12 @@ Gradio exposes every event of a Blocks app as an endpoint anyone can call, whate
 hides. So the test launches ``app.build_app`` on a loopback port, reads EVERY dependency from the
 server's own ``/config`` (named and unnamed, generators, ``.then`` steps, timers), and calls each
 one through the queue protocol (``/gradio_api/queue/join`` + the SSE stream) exactly as a hostile
-script would: with no token, then with an annotator's token. The session token is an ordinary
-input (a ``gr.BrowserState`` value travels in the request body), so the caller passes whatever
-it likes there. Nothing maintainer-only may come back and the database must not change (an
-annotator may only change their own assignments and votes). A maintainer's token, last, proves
-the same calls do reach the data, so the absence above is meaningful.
+script would: with no session cookie, a forged one and an expired one, then with an annotator's.
+The session is the ``prefloop_session`` cookie of the request that joins the queue (no component
+carries it), and a script sets whatever cookie it likes. Nothing maintainer-only may come back and
+the database must not change (an annotator may only change their own assignments and votes). A
+maintainer's cookie, last, proves the same calls do reach the data, so the absence above is
+meaningful. Sign-in and sign-out are HTTP routes (``prefloop.ui.server``), tested here too.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import pytest
 from click.testing import CliRunner
 from test_backup_export import PASSWORDS, SECRETS, populate
 
+from bench import http_load
 from bench.http_load import queue_messages
 from prefloop.annotate import auth
 from prefloop.ui import annotate as ui
+from prefloop.ui import server
 
 # what an annotator must never see: other people's names and words, and round configs
 FORBIDDEN_FOR_ANNOTATOR = (*SECRETS, "mallory", "boss")
@@ -62,20 +65,25 @@ class AppClient:
     def output_types(self, dependency: dict) -> list[str]:
         return [self.components[i]["type"] for i in dependency["outputs"]]
 
-    def sign_in(self) -> dict:
-        """The sign-in event, found by its shape (name + password in, the token out)."""
-        return next(d for d in self.dependencies() if self.input_types(d) == ["textbox", "textbox"]
-                    and self.output_types(d)[:1] == ["browserstate"])
+    def sign_in(self, name: str, password: str, headers: dict | None = None) -> httpx.Response:
+        """POST the sign-in route as a script would (JSON); the answer carries the cookie, which
+        this client does not keep: each call says which cookie it sends."""
+        answer = self.http.post(server.SIGN_IN_PATH, json={"name": name, "password": password},
+                                headers=headers)
+        self.http.cookies.clear()
+        return answer
 
-    def sign_out(self) -> dict:
-        return next(d for d in self.dependencies() if self.input_types(d) == ["browserstate"]
-                    and self.output_types(d)[:1] == ["browserstate"])
+    def sign_out(self, token: str | None) -> httpx.Response:
+        answer = self.http.post(server.SIGN_OUT_PATH, headers=cookie(token))
+        self.http.cookies.clear()
+        return answer
 
-    def call(self, fn_index: int, data: list, session: str | None = None) -> dict:
-        """{'ok': bool, 'outputs': [every data message], 'error': str|None}."""
+    def call(self, fn_index: int, data: list, session: str | None = None, token: str | None = None) -> dict:
+        """{'ok': bool, 'outputs': [every data message], 'error': str|None}; ``token`` goes in the
+        session cookie (none without it)."""
         session = session or uuid.uuid4().hex
         outputs, error, ok = [], None, False
-        for message in queue_messages(self.http, self.prefix, fn_index, data, session):
+        for message in queue_messages(self.http, self.prefix, fn_index, data, session, cookie(token)):
             if message.get("msg") in ("process_generating", "process_completed"):
                 output = message.get("output") or {}
                 outputs.append(output.get("data"))
@@ -88,11 +96,29 @@ class AppClient:
         self.http.close()
 
 
-def fill(types: list[str], token, round_id: int) -> list:
+def cookie(token: str | None) -> dict:
+    """The Cookie header a browser holding ``token`` sends (nothing for None)."""
+    return {"Cookie": f"{server.SESSION_COOKIE}={token}"} if token else {}
+
+
+def set_cookie(answer: httpx.Response) -> str:
+    return answer.headers.get("set-cookie", "")
+
+
+def fill(types: list[str], round_id: int) -> list:
     """Plausible values per input, so a missing check would really reach the data."""
-    values = {"browserstate": token, "state": None, "checkboxgroup": ["more helpful"],
+    values = {"state": None, "checkboxgroup": ["more helpful"],
               "textbox": "", "dropdown": str(round_id), "number": 1, "radio": "dpo"}
     return [values.get(kind) for kind in types]
+
+
+def expired_token(store, name: str) -> str:
+    """A real session token of ``name`` whose session ended a second ago."""
+    token, user = auth.sign_in(store, name, PASSWORDS[name])
+    past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)).isoformat(timespec="milliseconds")
+    store.delete_session(auth._token_hash(token))
+    store.create_session(auth._token_hash(token), user["id"], past)
+    return token
 
 
 @pytest.fixture
@@ -103,7 +129,7 @@ def running_app(store):
     demo = app.build_app(store)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                show_error=False)
+                show_error=False, **ui.launch_options(store))
     client = AppClient(f"http://127.0.0.1:{port}")
     try:
         yield store, client, ids
@@ -116,32 +142,37 @@ def changed_tables(before: dict, after: dict) -> set[str]:
     return {t for t in before.keys() | after.keys() if before.get(t) != after.get(t)}
 
 
-def test_every_endpoint_refuses_missing_and_annotator_tokens(running_app):
+def test_every_endpoint_refuses_missing_forged_expired_and_annotator_cookies(running_app):
     store, client, ids = running_app
     dependencies = client.dependencies()
-    assert len(dependencies) >= 20  # the whole app: annotate, train, evaluate, demo, sign-in
+    assert len(dependencies) >= 20  # the whole app: annotate, train, evaluate, demo, page load
     alice_token, _ = auth.sign_in(store, "alice", PASSWORDS["alice"])
     boss_token, _ = auth.sign_in(store, "boss", PASSWORDS["boss"])
     alice = store.annotator_by_name("alice")["id"]
+    by_name = {d["api_name"]: d for d in dependencies}
 
-    # (a) no token, and a made-up one: nothing comes back, nothing changes
-    for token in (None, "forged-" + "x" * 40):
+    # (a) no cookie, a made-up one, a maintainer's expired one and one far too long: nothing comes
+    # back, nothing changes
+    for token in (None, "forged-" + "x" * 36, expired_token(store, "boss"), boss_token + "x" * 100):
         before = store.table_dump()
         for dep in dependencies:
-            result = client.call(dep["id"], fill(client.input_types(dep), token, ids["round"]))
+            result = client.call(dep["id"], fill(client.input_types(dep), ids["round"]), token=token)
             shown = json.dumps(result["outputs"])
             for secret in (*FORBIDDEN_FOR_ANNOTATOR, "alice", "v1"):
                 assert secret not in shown, (dep["api_name"], secret, shown[:300])
         assert store.table_dump() == before, "a call without a valid session changed the database"
+    # a vote and a roll back, named: refused with the sign-in message
+    for api_name in ("vote_left", "rollback"):
+        refused = json.dumps(client.call(by_name[api_name]["id"], fill(
+            client.input_types(by_name[api_name]), ids["round"]), token="forged")["outputs"])
+        assert "please sign in" in refused, (api_name, refused[:300])
 
-    # (b) an annotator's token, all calls in one browser session (so the vote buttons have a pair)
+    # (b) an annotator's cookie, all calls in one browser session (so the vote buttons have a pair)
     session = uuid.uuid4().hex
     before = store.table_dump()
     judged_before = {r["id"] for r in store.rows("select id from judgments")}
     for dep in dependencies:
-        if dep["id"] == client.sign_out()["id"]:
-            continue  # ends alice's own session (checked below), which would stop this pass
-        result = client.call(dep["id"], fill(client.input_types(dep), alice_token, ids["round"]), session)
+        result = client.call(dep["id"], fill(client.input_types(dep), ids["round"]), session, alice_token)
         shown = json.dumps(result["outputs"])
         for secret in FORBIDDEN_FOR_ANNOTATOR:
             assert secret not in shown, (dep["api_name"], secret, shown[:300])
@@ -149,43 +180,75 @@ def test_every_endpoint_refuses_missing_and_annotator_tokens(running_app):
     assert changed_tables(before, after) <= ANNOTATOR_MAY_CHANGE
     new_votes = store.rows("select annotator_id from judgments where id not in "
                            f"({','.join(map(str, judged_before))})")
-    assert all(r["annotator_id"] == alice for r in new_votes)
+    assert new_votes and all(r["annotator_id"] == alice for r in new_votes)
     assert store.rows("select * from rounds")[0]["status"] == "promoted"
     assert store.active_version()["name"] == "v1"
     # mallory's votes are all still there: an annotator's undo only ever takes their own
     assert store.scalar("select count(*) from judgments j join annotators a on a.id = j.annotator_id "
                         "where a.name = 'mallory'") == 3
 
-    sign_out = client.sign_out()
-    client.call(sign_out["id"], [alice_token])
+    signed_out = client.sign_out(alice_token)
+    assert signed_out.status_code == 200 and "Max-Age=0" in set_cookie(signed_out)
     assert auth.current_user(store, alice_token) is None and auth.current_user(store, boss_token)
+    assert "please sign in" in json.dumps(client.call(by_name["next_pair"]["id"], [], token=alice_token))
 
-    # (c) the same calls with a maintainer's token do reach the data (the checks above can fail)
-    by_name = {d["api_name"]: d for d in dependencies}
-    evaluated = client.call(by_name["on_refresh"]["id"], [boss_token])
+    # (c) the same calls with a maintainer's cookie do reach the data (the checks above can fail)
+    evaluated = client.call(by_name["on_refresh"]["id"], [], token=boss_token)
     assert "mallory" in json.dumps(evaluated["outputs"])  # agreement table names annotators
-    rounds = client.call(by_name["refresh"]["id"], [boss_token, str(ids["round"])])
+    rounds = client.call(by_name["refresh"]["id"], [str(ids["round"])], token=boss_token)
     assert '"dpo"' in json.dumps(rounds["outputs"])
-    rollback = next(d for d in dependencies if client.input_types(d) == ["browserstate"]
-                    and client.output_types(d) == ["markdown"])  # the Train tab's roll back
-    client.call(rollback["id"], [boss_token])
+    client.call(by_name["rollback"]["id"], [], token=boss_token)
     assert store.active_version()["name"] == "v0"
+
+
+def test_sign_in_route_sets_an_http_only_cookie_and_sign_out_ends_it(running_app):
+    store, client, _ = running_app
+    assert (http_load.SIGN_IN, http_load.SESSION_COOKIE) == (server.SIGN_IN_PATH, server.SESSION_COOKIE)
+    wrong = client.sign_in("alice", "wrong-password")
+    assert wrong.status_code == 401 and wrong.json() == {"ok": False, "message": "wrong name or password"}
+    assert not set_cookie(wrong)
+    answer = client.sign_in("alice", PASSWORDS["alice"])
+    assert answer.status_code == 200 and answer.json()["role"] == "annotator"
+    assert "no-store" in answer.headers["cache-control"]
+    header = set_cookie(answer)
+    token = answer.cookies[server.SESSION_COOKIE]
+    assert auth.current_user(store, token)["name"] == "alice" and token not in answer.text
+    attributes = {part.strip().split("=")[0].lower() for part in header.split(";")}
+    assert {"httponly", "path", "max-age"} <= attributes and "secure" not in attributes  # http here
+    assert "samesite=strict" in header.lower() and "Path=/" in header
+    assert f"Max-Age={auth.SESSION_HOURS * 3600}" in header
+    # a form post works too; signing in again in the same browser ends the old session
+    again = client.http.post(server.SIGN_IN_PATH, data={"name": "alice", "password": PASSWORDS["alice"]},
+                             headers=cookie(token))
+    client.http.cookies.clear()
+    assert again.status_code == 200 and auth.current_user(store, token) is None
+    # odd bodies: one message each, never a traceback, nothing stored
+    sessions = store.scalar("select count(*) from sessions")
+    for kwargs, status in (({"content": b"[1, 2]", "headers": {"Content-Type": "application/json"}}, 400),
+                           ({"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+                           ({"content": b"name=alice", "headers": {"Content-Type": "text/plain"}}, 400),
+                           ({"json": {"name": ["alice"], "password": 5}}, 400),
+                           ({"json": {"name": "alice", "password": "x" * 20_000}}, 413)):
+        odd = client.http.post(server.SIGN_IN_PATH, **kwargs)
+        assert odd.status_code == status and "Traceback" not in odd.text, (kwargs, odd.text)
+        assert odd.json()["ok"] is False and not set_cookie(odd)
+    assert store.scalar("select count(*) from sessions") == sessions
+    assert client.http.get(server.SIGN_IN_PATH).status_code == 405
 
 
 def test_sign_in_over_http_is_rate_limited_and_logs_no_password(running_app, caplog, capfd):
     store, client, _ = running_app
     caplog.set_level(logging.DEBUG)
     auth.sign_in_limiter.reset()
-    sign_in = client.sign_in()
     for attempt in range(auth.SIGN_IN_ATTEMPTS):
-        result = client.call(sign_in["id"], ["alice", f"wrong-guess-{attempt}"])
-        assert "wrong name or password" in json.dumps(result["outputs"])
-    refused = client.call(sign_in["id"], ["alice", PASSWORDS["alice"]])
-    shown = json.dumps(refused["outputs"])
-    assert "too many failed sign-ins" in shown and "Signed in" not in shown
+        result = client.sign_in("alice", f"wrong-guess-{attempt}")
+        assert result.status_code == 401 and "wrong name or password" in result.text
+    refused = client.sign_in("alice", PASSWORDS["alice"])
+    assert refused.status_code == 429 and "too many failed sign-ins" in refused.text
+    assert not set_cookie(refused)
     auth.sign_in_limiter.reset()
-    accepted = client.call(sign_in["id"], ["alice", PASSWORDS["alice"]])
-    assert "Signed in as" in json.dumps(accepted["outputs"])
+    accepted = client.sign_in("alice", PASSWORDS["alice"])
+    assert accepted.status_code == 200 and "Signed in as alice" in accepted.text
     captured = capfd.readouterr()
     everything = caplog.text + captured.out + captured.err
     assert PASSWORDS["alice"] not in everything and "wrong-guess" not in everything
@@ -248,18 +311,6 @@ def test_sessions_expire(store):
     # the next sign-in sweeps expired sessions out of the table
     auth.sign_in(store, "alice", PASSWORDS["alice"])
     assert store.scalar("select count(*) from sessions where expires_at < ?", [past + "z"]) == 0
-
-
-def test_browser_key_is_kept_private_and_stable(tmp_path):
-    """One key per home, owner-only, the same on every start; never inside the database."""
-    first = auth.browser_secret(tmp_path)
-    assert auth.browser_secret(tmp_path) == first and len(first) >= 40
-    assert (tmp_path / "browser-secret").stat().st_mode & 0o777 == 0o600
-    (tmp_path / "other").mkdir()
-    assert auth.browser_secret(tmp_path / "other") != first
-    (tmp_path / "browser-secret").write_text("")
-    with pytest.raises(auth.AuthError, match="is empty; delete it"):
-        auth.browser_secret(tmp_path)
 
 
 @pytest.mark.parametrize("key", ["name", "client"])
@@ -326,9 +377,8 @@ def test_passwords_never_reach_logs_output_or_exports(store, tmp_path, caplog, c
             except httpx.HTTPError:
                 time.sleep(0.5)
         client = AppClient(f"http://127.0.0.1:{port}")
-        sign_in = client.sign_in()
-        assert "Signed in as" in json.dumps(client.call(sign_in["id"], ["carol", secret])["outputs"])
-        client.call(sign_in["id"], ["carol", secret + "-typo"])
+        assert "Signed in as carol" in client.sign_in("carol", secret).text
+        assert client.sign_in("carol", secret + "-typo").status_code == 401
         client.close()
     finally:
         server.terminate()

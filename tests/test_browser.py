@@ -117,6 +117,7 @@ def wait_for_message(page, text: str) -> None:
 
 
 def sign_in(page, url: str, name: str) -> None:
+    """Through the page's own form, which posts to the sign-in route and reloads."""
     page.goto(url)
     page.locator("#pf-name input, #pf-name textarea").first.fill(name)
     page.locator("#pf-password input").fill(PASSWORD)
@@ -132,7 +133,7 @@ def test_maintainer_sees_train_and_evaluate_then_signs_out(server):
         page = browser.new_page()
         sign_in(page, url, "boss")
         restart()
-        # a server restart keeps the session: the browser key lives beside the database. Gradio's
+        # a server restart keeps the session: it lives in the database, its cookie in the browser. Gradio's
         # client may itself be reconnecting to the restarted server, which can abort a reload
         # (net::ERR_ABORTED): then load the page afresh, which is what the test means.
         try:

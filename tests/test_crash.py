@@ -72,10 +72,9 @@ def _vote_once_more(url: str, name: str) -> str:
     """A fresh session signs in, gets a pair and votes; returns the vote's message."""
     session = GradioSession(url, fn_indexes(url))
     try:
-        outputs, _ = session.call("sign_in", [name, PASSWORD])
-        token = outputs[0]
-        session.call("next_pair", [token])
-        outputs, _ = session.call("vote_left", [token, None, [], "", ""])
+        session.sign_in(name, PASSWORD)
+        session.call("next_pair", [])
+        outputs, _ = session.call("vote_left", [None, [], "", ""])
         return outputs[4]
     finally:
         session.close()

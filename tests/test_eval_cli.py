@@ -200,9 +200,8 @@ def test_tabs_build_inside_blocks(store):
     from prefloop.ui import evaluate as ui
 
     with gr.Blocks():
-        token_state = gr.State(None)
-        evaluate_parts = ui.build_evaluate_tab(store, token_state)
-        demo_parts = ui.build_demo_tab(store, token_state)
+        evaluate_parts = ui.build_evaluate_tab(store)
+        demo_parts = ui.build_demo_tab(store)
     assert "refresh" in evaluate_parts and "compare" in demo_parts
     first = evaluate_parts["refresh"](None)
     assert "sign in" in first[0]

@@ -264,3 +264,66 @@ def test_kto_round_on_the_bundled_model(store):
     verdict = done["metrics"]["gate"]
     assert verdict["decision"] == "wait" and verdict["rows"] == 2 and verdict["verdict"].startswith("wait:")
     assert done["status"] == "trained" and done["metrics"]["kto_class_weights"]["desirable"] == 8
+
+
+# --------------------------------------------------------------------------------------------
+# thumbs (single answers judged up or down)
+# --------------------------------------------------------------------------------------------
+def _single(store, prompt, text, votes, better=None, finish_reason="stop"):
+    from test_dataset import annotator
+
+    version = _ensure_version(store)
+    store.add_prompts([{"text": prompt, "split": "train", "source": "test"}])
+    prompt_id = next(p["id"] for p in store.list_prompts() if p["text"] == prompt)
+    item = store.add_single(prompt_id, {"version_id": version["id"], "text": text, "seed": 1, "params": {},
+                                        "finish_reason": finish_reason}, judgments_wanted=len(votes))
+    for i, choice in enumerate(votes):
+        who = annotator(store, f"thumb{i}")
+        store.assign_pair(who, item, store.pair(item)["generation_a_id"])
+        store.record_judgment(who, item, choice, better_answer=better if i == 0 else None)
+    return item
+
+
+def test_thumbs_become_kto_rows(store):
+    from prefloop.train.dataset import build_preference_rows
+    from prefloop.train.examples import build_kto_rows, build_sft_rows
+
+    up = _single(store, "Thumbs up?", "Fine answer.", ["up"])
+    down = _single(store, "Thumbs down?", "Poor answer.", ["down", "down", "up"])
+    drawn = _single(store, "Thumbs drawn?", "Meh answer.", ["up", "down"])
+    rescued = _single(store, "Thumbs down, fixed?", "Bad answer.", ["down"], better="Written answer.")
+    cut = _single(store, "Thumbs up, cut?", "Cut off in the", ["up", "up"], finish_reason="length")
+
+    rows = {}
+    for row in build_kto_rows(store):
+        rows.setdefault(row["pair_id"], []).append(row)
+    assert set(rows) == {up, down, rescued, cut}  # a draw gives nothing
+    assert _labelled(rows[up]) == [("Fine answer.", True, "thumbs:up")]
+    assert _labelled(rows[down]) == [("Poor answer.", False, "thumbs:down")]
+    assert len(rows[down][0]["judgment_ids"]) == 3 and rows[down][0]["version"] == "v0"
+    assert _labelled(rows[rescued]) == [("Bad answer.", False, "thumbs:down"), ("Written answer.", True, "better_answer")]
+    assert rows[cut][0]["cut_off"] is True and rows[up][0]["cut_off"] is False
+    assert drawn not in rows
+    # a thumbs vote compares nothing: no preference row, except a written answer against the one answer
+    assert [(r["pair_id"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+            for r in build_preference_rows(store)] == [(rescued, "Written answer.", "Bad answer.")]
+    # SFT imitates a thumbs-up answer with a clear margin, never a cut-off one
+    assert {(r["pair_id"], r["source"]) for r in build_sft_rows(store, chosen_margin=1)} == {
+        (up, "thumbs:up"), (rescued, "better_answer")}
+    assert {r["pair_id"] for r in build_sft_rows(store, chosen_margin=2)} == {rescued}
+
+
+def test_kto_round_learns_from_thumbs_alone(tiny_v0):
+    from prefloop.train.rounds import readiness, run_round
+
+    store = tiny_v0
+    for i in range(3):
+        _single(store, f"Thumb item {i}?", f"Answer number {i}.", ["up" if i % 2 else "down"])
+    assert readiness(store, fast_config())["have"] == 0  # nothing for DPO
+    assert readiness(store, fast_config(method="kto"))["have"] == 3
+    before = base_state(store)
+    summary = run_round(store, _new_round(store, method="kto", max_steps=2))
+    done = store.round(summary["round_id"])
+    assert done["dataset_size"] == 3 and done["metrics"]["kto_class_weights"]["desirable"] == 1
+    assert learned(store, summary["version"])
+    assert_unchanged(before, base_state(store))

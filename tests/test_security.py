@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import statistics
 import sys
@@ -58,7 +59,7 @@ def hardened_app(store, monkeypatch):
         demo = app.build_app(store)
         port = free_port()
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                    show_error=False, **ui.launch_options())
+                    show_error=False, **ui.launch_options(store))
         launched.append(demo)
         return AppClient(f"http://127.0.0.1:{port}")
 
@@ -68,16 +69,9 @@ def hardened_app(store, monkeypatch):
         demo.close()
 
 
-def sign_in_over_http(client: AppClient, name: str, password: str, session: str, headers=None) -> str:
-    """Every output of the sign-in event, as one JSON text."""
-    from bench.http_load import queue_messages
-
-    http = httpx.Client(base_url=client.base, timeout=60, headers=headers or {})
-    try:
-        messages = list(queue_messages(http, client.prefix, client.sign_in()["id"], [name, password], session))
-    finally:
-        http.close()
-    return json.dumps([m.get("output") for m in messages])
+def sign_in_over_http(client: AppClient, name: str, password: str, headers=None) -> str:
+    """The sign-in route's answer, as text."""
+    return client.sign_in(name, password, headers=headers).text
 
 
 def session_tokens(store) -> set[str]:
@@ -91,8 +85,10 @@ def test_run_history_is_off_and_deep_links_and_uploads_are_refused(hardened_app)
     assert client.config.get("run_history") is False
     assert client.http.get("/gradio_api/runs").status_code == 404
     session = uuid.uuid4().hex
-    shown = sign_in_over_http(client, "alice", PASSWORDS["alice"], session)
-    assert "Signed in as" in shown
+    answer = client.sign_in("alice", PASSWORDS["alice"])
+    assert "Signed in as" in answer.text
+    next_pair = next(d for d in client.dependencies() if d["api_name"] == "next_pair")
+    client.call(next_pair["id"], [], session, answer.cookies[server.SESSION_COOKIE])
     (token_hash,) = session_tokens(store)
     # the review's takeover: a deep link of the signed-in session, then the config it serves
     linked = client.http.get("/gradio_api/deep_link", params={"session_hash": session})
@@ -116,15 +112,85 @@ def _token_like(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9_-]{43}", text)
 
 
+def _walk(value, path=""):
+    """(path, key, value) for every entry of a JSON document."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}.{key}", key, item
+            yield from _walk(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{path}[{i}]")
+
+
+def test_config_holds_no_secret_and_no_session_for_anyone(hardened_app):
+    """Issue 12's last finding: /config served the key that decrypts every browser's session
+    token (a ``gr.BrowserState``'s ``props.secret``) to anyone, before sign-in. Fetched
+    anonymously, before and while people are signed in, it names no secret, no token and no
+    session state."""
+    store, launch, _ = hardened_app
+    client = launch()
+    for signed_in in ([], [auth.sign_in(store, "boss", PASSWORDS["boss"])[0],
+                           auth.sign_in(store, "alice", PASSWORDS["alice"])[0]]):
+        anonymous = httpx.get(f"{client.base}/config", timeout=30)
+        assert anonymous.status_code == 200 and "set-cookie" not in anonymous.headers
+        config = anonymous.json()
+        types = {c["type"] for c in config["components"]}
+        assert "browserstate" not in types, types
+        keys = [(path, item) for path, key, item in _walk(config)
+                if any(word in str(key).lower() for word in ("secret", "token", "password", "storage_key"))]
+        assert not [(path, item) for path, item in keys if item], keys
+        text = anonymous.text
+        assert not [token for token in signed_in if token in text]
+        exact = re.findall(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{40,48}(?![A-Za-z0-9_-])", text)
+        assert exact == [], exact  # nothing shaped like token_urlsafe(32), the old secret's shape
+    assert not (store.path.parent / "browser-secret").exists()
+
+
+def test_cross_origin_posts_are_refused(hardened_app):
+    """CSRF: the cookie is SameSite=Strict, and any request a browser marks as coming from another
+    origin (a page elsewhere, or a same-site neighbour on another port) is refused, sign-in,
+    sign-out and Gradio's own queue alike. Same-origin and script calls (no Origin) work."""
+    store, launch, _ = hardened_app
+    client = launch()
+    port = client.base.rsplit(":", 1)[1]
+    before = store.table_dump()
+    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{int(port) + 1}",
+                   f"https://127.0.0.1:{port}.evil.example", "http://localhost:" + port):
+        refused = client.sign_in("alice", PASSWORDS["alice"], headers={"Origin": origin})
+        assert refused.status_code == 403 and "set-cookie" not in refused.headers, origin
+    # a neighbour's script may add X-Forwarded-Host (Gradio answers its preflight): not believed
+    spoofed = client.sign_in("alice", PASSWORDS["alice"], headers={
+        "Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"})
+    assert spoofed.status_code == 403
+    for site in ("cross-site", "same-site"):  # an old browser's form post that sent no Origin
+        refused = client.sign_in("alice", PASSWORDS["alice"], headers={"Sec-Fetch-Site": site})
+        assert refused.status_code == 403, site
+    assert store.table_dump() == before  # no session was made
+    token, _ = auth.sign_in(store, "boss", PASSWORDS["boss"])
+    foreign = {"Origin": "http://evil.example", "Cookie": f"{server.SESSION_COOKIE}={token}"}
+    assert client.http.post(server.SIGN_OUT_PATH, headers=foreign).status_code == 403
+    assert auth.current_user(store, token)  # a page elsewhere cannot sign anyone out
+    by_name = {d["api_name"]: d for d in client.dependencies()}
+    joined = client.http.post(f"{client.prefix}/queue/join", headers=foreign, json={
+        "data": [], "fn_index": by_name["rollback"]["id"], "session_hash": uuid.uuid4().hex})
+    assert joined.status_code == 403
+    assert store.active_version()["name"] == "v1"
+    # the page's own origin (a browser's same-origin fetch) and scripts without Origin are served
+    own = client.sign_in("alice", PASSWORDS["alice"], headers={"Origin": client.base,
+                                                               "Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 200 and server.SESSION_COOKIE in own.headers["set-cookie"]
+    assert client.sign_in("alice", PASSWORDS["alice"]).status_code == 200
+
+
 def test_forwarded_for_is_believed_only_from_a_trusted_proxy(hardened_app):
     store, launch, _ = hardened_app
     client = launch()  # no --trusted-proxy: the peer (loopback) is the address, whatever XFF says
     for attempt in range(auth.SIGN_IN_CLIENT_ATTEMPTS):
-        shown = sign_in_over_http(client, f"guess{attempt}", "wrong-password", uuid.uuid4().hex,
+        shown = sign_in_over_http(client, f"guess{attempt}", "wrong-password",
                                   {"X-Forwarded-For": f"203.0.113.{attempt}"})
         assert "wrong name or password" in shown
-    refused = sign_in_over_http(client, "alice", PASSWORDS["alice"], uuid.uuid4().hex,
-                                {"X-Forwarded-For": "198.51.100.7"})
+    refused = sign_in_over_http(client, "alice", PASSWORDS["alice"], {"X-Forwarded-For": "198.51.100.7"})
     assert "too many failed sign-ins" in refused and "Signed in" not in refused
 
 
@@ -132,12 +198,11 @@ def test_a_trusted_proxy_forwards_the_real_address(hardened_app):
     store, launch, _ = hardened_app
     client = launch(trusted_proxies=["127.0.0.1"])
     for attempt in range(auth.SIGN_IN_CLIENT_ATTEMPTS):
-        sign_in_over_http(client, f"guess{attempt}", "wrong-password", uuid.uuid4().hex,
-                          {"X-Forwarded-For": "203.0.113.9"})
+        sign_in_over_http(client, f"guess{attempt}", "wrong-password", {"X-Forwarded-For": "203.0.113.9"})
     # the sprayer's address is blocked; a colleague behind the same proxy is not
-    assert "too many failed" in sign_in_over_http(client, "alice", PASSWORDS["alice"], uuid.uuid4().hex,
+    assert "too many failed" in sign_in_over_http(client, "alice", PASSWORDS["alice"],
                                                   {"X-Forwarded-For": "203.0.113.9"})
-    assert "Signed in as" in sign_in_over_http(client, "alice", PASSWORDS["alice"], uuid.uuid4().hex,
+    assert "Signed in as" in sign_in_over_http(client, "alice", PASSWORDS["alice"],
                                                {"X-Forwarded-For": "198.51.100.7"})
 
 
@@ -147,10 +212,10 @@ def test_wrong_typed_event_inputs_give_one_message_over_http(hardened_app):
     token, _ = auth.sign_in(store, "alice", PASSWORDS["alice"])
     by_name = {d["api_name"]: d for d in client.dependencies()}
     session = uuid.uuid4().hex
-    client.call(by_name["next_pair"]["id"], [token], session)
+    client.call(by_name["next_pair"]["id"], [], session, token)
     before = store.table_dump()
     for reasons, comment in (([["x"]], ""), ([], {"a": 1}), ("safer", ""), ([1, 2], "")):
-        result = client.call(by_name["vote_left"]["id"], [token, None, reasons, comment, ""], session)
+        result = client.call(by_name["vote_left"]["id"], [None, reasons, comment, ""], session, token)
         assert result["ok"], result  # no blank error: a message on the page
         assert "⚠️" in json.dumps(result["outputs"], ensure_ascii=False)
     assert store.table_dump() == before
@@ -213,9 +278,8 @@ def test_home_is_0700_and_database_wal_shm_and_backup_are_0600(home, tmp_path):
 
     store = Store()
     store.set_setting("queue_target", 3)  # a write: WAL and SHM exist now
-    auth.browser_secret(home)
     assert home.stat().st_mode & 0o777 == 0o700
-    for name in ("prefloop.db", "prefloop.db-wal", "prefloop.db-shm", "browser-secret"):
+    for name in ("prefloop.db", "prefloop.db-wal", "prefloop.db-shm"):
         assert (home / name).stat().st_mode & 0o777 == 0o600, name
     backup = tmp_path / "b.db"
     store.backup_to(backup)
@@ -277,9 +341,7 @@ def _tab_handlers(store) -> dict:
     import gradio as gr
 
     with gr.Blocks():
-        token_state = gr.State(None)
-        return {"demo": evaluate_ui.build_demo_tab(store, token_state),
-                "evaluate": evaluate_ui.build_evaluate_tab(store, token_state)}
+        return {"demo": evaluate_ui.build_demo_tab(store), "evaluate": evaluate_ui.build_evaluate_tab(store)}
 
 
 def test_the_cli_never_prints_terminal_control_characters(store):

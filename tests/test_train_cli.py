@@ -155,6 +155,5 @@ def test_train_tab_builds(tiny_v0):
     from prefloop.ui.train import build_train_tab
 
     with gr.Blocks():
-        token_state = gr.State(None)
-        parts = build_train_tab(tiny_v0, token_state)
+        parts = build_train_tab(tiny_v0)
     assert parts["refresh"](None, None) == [gr.update()] * 5

@@ -356,6 +356,6 @@ def test_app_builds_without_launching(tiny_v0):
 
     demo = app.build_app(tiny_v0)
     assert demo.is_running is False
-    head = ui.launch_options()["head"]
+    head = ui.launch_options(tiny_v0)["head"]
     for _, _, elem_id, key in ui.VOTE_BUTTONS:
         assert f'"{key}": "{elem_id}"' in head

@@ -22,7 +22,12 @@ Rules (one place, so a dataset can be explained from its judgments):
 * Several votes on one pair: the plurality choice among a / b / tie / both_bad wins; a row is
   made only when a or b wins outright (a draw for first place, tie or both_bad winning: no row).
 * A better answer written by anyone, with any vote, becomes ``chosen`` against each of the two
-  responses (two rows). This is how a both_bad pair can still teach something.
+  responses (two rows; one on a single-answer thumbs item). This is how a both_bad pair can
+  still teach something. Thumbs votes themselves make no preference row (nothing to compare):
+  the ``kto`` method learns from them.
+* Conversations. ``prompt`` is the whole stored history (a continued conversation's earlier
+  turns included); a round cuts it from the left at the token budget with the function the
+  sampler uses (prefloop.engine.history), so it trains on the history the answers were sampled with.
 
 Rows are TRL's conversational format: ``prompt`` is a list of messages, ``chosen``/``rejected``
 a one-message assistant list. Each row also carries lineage keys (``pair_id``, ``prompt_id``,
@@ -133,6 +138,8 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
             continue
         seen.add(better)
         for side in ("text_a", "text_b"):
+            if first[side] is None:  # a single (thumbs) item has one answer
+                continue
             if first[side].strip() == better:
                 continue  # "better than itself" teaches nothing
             rows.append(

@@ -19,19 +19,29 @@ import time
 from pathlib import Path
 
 from prefloop.db.store import Store, now
+from prefloop.engine.generation import encode_conversation
+from prefloop.engine.history import fit_history
 from prefloop.engine.models import cpu_has_native_bf16
 from prefloop.train import distributed
 from prefloop.train.config import RoundConfig
 
 
-def fit_prompt_length(rows: list[dict], tokenizer, config: RoundConfig) -> tuple[list[dict], int]:
-    """Leave out rows whose templated prompt exceeds max_prompt_length (TRL would cut the answer)."""
+def fit_prompt_length(rows: list[dict], tokenizer, budget: int) -> tuple[list[dict], int]:
+    """Cut each row's conversation from the left at ``budget`` tokens as the sampler does
+    (prefloop.engine.history), and leave out rows whose last user turn alone is still longer
+    (TRL would cut the answer instead). Returns (rows, how many were left out)."""
     kept = []
     for row in rows:
-        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length:
-            kept.append(row)
+        messages, dropped = fit_history(tokenizer, row["prompt"], budget)
+        if len(encode_conversation(tokenizer, messages)) <= budget:
+            kept.append({**row, "prompt": messages, **({"history_dropped_turns": dropped} if dropped else {})})
     return kept, len(rows) - len(kept)
+
+
+def prompt_budget(store: Store, config: RoundConfig) -> int:
+    """Tokens of history a round's rows keep: the sampler's budget (setting
+    ``history_token_budget``), or the round's max_prompt_length when that is smaller."""
+    return min(config.max_prompt_length, int(store.get_setting("history_token_budget")))
 
 
 def warmup_steps(config: RoundConfig, n_rows: int) -> int:

@@ -388,7 +388,7 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     phases: dict[str, list[dict]] = {}
     too_long = 0
     for phase, found in phase_rows(store, config, window).items():
-        kept, dropped = recipe.fit_prompt_length(found, tokenizer, config)
+        kept, dropped = recipe.fit_prompt_length(found, tokenizer, recipe.prompt_budget(store, config))
         too_long += dropped
         if not kept:
             raise RoundError(

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from prefloop.annotate import auth, guidelines, votes
-from prefloop.annotate.sampler import stream_live_pair
+from prefloop.annotate import auth, conversations, guidelines, votes
+from prefloop.annotate.sampler import stream_live_pair, stream_pair_for
 from prefloop.annotate.votes import (
     MAX_BETTER_ANSWER_CHARS,
     MAX_COMMENT_CHARS,
@@ -46,15 +46,20 @@ from prefloop.ui.render import (
     render_plain,
     render_prompt,
 )
-from prefloop.ui.server import hardened_launch_options
+from prefloop.ui.server import SIGN_IN_JS, SIGN_IN_PATH, hardened_launch_options, with_session
 
-SIDES = ("left", "right", "tie", "both_bad")
-# (side, label, elem_id, key): the keyboard script clicks the button with this elem_id
+SIDES = ("left", "right", "tie", "both_bad", "up", "down")
+# (side, label, elem_id, key): the keyboard script clicks the visible button with this key
 VOTE_BUTTONS = (
     ("left", "A is better (1)", "pf-vote-left", "1"),
     ("right", "B is better (2)", "pf-vote-right", "2"),
     ("tie", "Tie (3)", "pf-vote-tie", "3"),
     ("both_bad", "Both bad (4)", "pf-vote-both-bad", "4"),
+)
+# a single answer (thumbs item): the same keys as A / B, so hands stay where they are
+THUMBS_BUTTONS = (
+    ("up", "👍 Good (1)", "pf-thumbs-up", "1"),
+    ("down", "👎 Bad (2)", "pf-thumbs-down", "2"),
 )
 SKIP_BUTTON = ("Skip (S)", "pf-skip", "s")
 UNDO_BUTTON = ("Undo (U)", "pf-undo", "u")
@@ -73,6 +78,10 @@ class Screen:
     progress: str = ""
     waiting: bool = False  # queue empty: poll until a pair arrives
     clear_inputs: bool = False  # reasons / comment / better answer belong to the last pair
+    single: bool = False  # one answer to judge thumbs up or down (pairs.mode "single")
+    # the conversation the annotator may continue now (annotate/conversations.py); None: keep
+    # the panel as it is, {} : hide it
+    continuation: dict | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -125,10 +134,11 @@ def next_pair(store: Store, token: str | None, message: str = "", rng=None) -> S
 
 
 def side_to_choice(pair: dict, side: str) -> str:
-    """A screen side ('left'/'right'/'tie'/'both_bad') -> the stored choice ('a'/'b'/...)."""
+    """A screen side ('left'/'right'/'tie'/'both_bad', or 'up'/'down' on a single answer) ->
+    the stored choice ('a'/'b'/...)."""
     if side not in SIDES:
         raise PrefloopError(f"unknown vote {side!r}")
-    if side in ("tie", "both_bad"):
+    if side in ("tie", "both_bad", "up", "down"):
         return side
     left_is_a = pair["left_generation_id"] == pair["generation_a_id"]
     return "a" if (side == "left") == left_is_a else "b"
@@ -171,10 +181,12 @@ def vote(
         screen = next_pair(store, token, f"⚠️ {error}", rng=rng)
         screen.clear_inputs = True
         return screen
-    label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+    label = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad",
+             "up": "👍 good", "down": "👎 bad"}
     said = f"Recorded: {label[side]}." if created else "That vote was already recorded."
     screen = next_pair(store, token, said, rng=rng)
     screen.clear_inputs = True
+    screen.continuation = conversations.waiting_conversation(store, user["id"]) or {}
     return screen
 
 
@@ -234,12 +246,56 @@ def live_prompt(
         )
 
 
+def continue_conversation(
+    store: Store, token: str | None, pair_id: Any, next_turn: Any, followup: Any = None
+) -> Iterator[Screen]:
+    """Continue the conversation of ``pair_id``: the chosen answer is its assistant turn, then
+    ``next_turn`` (typed) or ``followup`` (picked from the prompt set's). Under the
+    ``same_annotator`` setting the next pair streams to this annotator; under ``anyone`` it joins
+    the queue for everyone. Nothing is stored when a check fails."""
+    user = auth.require_role(store, token, "annotator")
+    if isinstance(pair_id, bool) or not isinstance(pair_id, int):
+        raise InputError("no conversation is waiting to be continued; vote first")
+    if followup is not None and not isinstance(followup, str):
+        raise InputError("the follow-up must be text")
+    typed = next_turn.strip() if isinstance(next_turn, str) else next_turn
+    turn = typed if typed else followup  # a typed turn wins over a picked follow-up
+    prompt = conversations.continued_prompt(store, user["id"], pair_id, turn)
+    if store.get_setting("continuation") == "anyone":
+        store.add_prompts([prompt])
+        screen = next_pair(store, token, "Thanks: the conversation continues in the queue, for anyone to judge.")
+        screen.continuation = conversations.waiting_conversation(store, user["id"]) or {}
+        yield screen
+        return
+    prompt_html = _prompt_panel({"prompt": prompt["text"], "prompt_messages": prompt["messages"]})
+    progress = progress_line(store, user)
+    for item in stream_pair_for(store, user["id"], prompt):
+        if item and item[0] == "__done__":
+            assignment = store.assignment(user["id"], int(item[1]))
+            screen = _pair_screen(store, user, assignment, "The conversation goes on: vote as usual.", clear=True)
+            screen.continuation = {}
+            yield screen
+            return
+        text_a, text_b = item
+        yield Screen(
+            prompt_html=prompt_html,
+            left_html=panel("Response A", render_plain(text_a), "pf-left"),
+            right_html=panel("Response B", render_plain(text_b), "pf-right"),
+            message="Generating both responses…",
+            progress=progress,
+            continuation={},
+        )
+
+
 # -- inputs: every event value checked for type and size before use ----------------------------
 def shown_pair(pair: Any) -> dict:
     """The pair state the page sends back, checked: ids are whole numbers, times numbers/text."""
     ids = ("pair_id", "left_generation_id", "generation_a_id", "generation_b_id")
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
     if not isinstance(pair, dict) or not all(
-        isinstance(pair.get(k), int) and not isinstance(pair.get(k), bool) for k in ids
+        whole(pair.get(k)) or (k == "generation_b_id" and pair.get(k) is None) for k in ids  # None: thumbs
     ):
         raise InputError("the shown pair is missing or malformed; press Refresh")
     shown_at, served_at = pair.get("shown_at"), pair.get("served_at")
@@ -260,6 +316,8 @@ CUT_OFF_NOTE = '<p class="pf-cut-off"><em>cut off: this response hit the length 
 def _pair_screen(
     store: Store, user: dict, assignment: dict, message: str = "", clear: bool = False
 ) -> Screen:
+    if assignment.get("mode") == "single":
+        return _single_screen(store, user, assignment, message, clear)
     left_is_a = assignment["left_generation_id"] == assignment["generation_a_id"]
     left_text, right_text = (
         (assignment["text_a"], assignment["text_b"])
@@ -289,16 +347,52 @@ def _pair_screen(
     )
 
 
+def _single_screen(store: Store, user: dict, assignment: dict, message: str, clear: bool) -> Screen:
+    """One answer to judge thumbs up or down: it takes the left panel, the right one stays empty."""
+    cut = assignment.get("finish_reason_a") == "length"
+    pair = {
+        "pair_id": assignment["id"],
+        "left_generation_id": assignment["left_generation_id"],
+        "generation_a_id": assignment["generation_a_id"],
+        "generation_b_id": None,
+        "shown_at": time.time(),
+        "served_at": assignment.get("served_at"),
+    }
+    note = '<div class="pf-waiting">One answer: is it good? 👍 (1) or 👎 (2)</div>'
+    return Screen(
+        pair=pair,
+        prompt_html=_prompt_panel(assignment),
+        left_html=panel("Response" + (CUT_OFF_TITLE if cut else ""),
+                        render_markdown(assignment["text_a"]) + (CUT_OFF_NOTE if cut else ""), "pf-left"),
+        right_html=panel("Thumbs", note, "pf-right"),
+        message=message,
+        progress=progress_line(store, user),
+        clear_inputs=clear,
+        single=True,
+    )
+
+
 def _prompt_panel(assignment: dict) -> str:
-    """The prompt, or the whole conversation with every turn's role when it is a chat."""
+    """The prompt, or the whole conversation with every turn's role when it is a chat (turns the
+    model did not read, cut at the token budget, are marked)."""
     messages = assignment.get("prompt_messages")
     if isinstance(messages, str):
         messages = json.loads(messages)
     if messages and len(messages) > 1:
+        params = assignment.get("params_a")
+        params = json.loads(params) if isinstance(params, str) else (params or {})
+        cut = int(params.get("history_dropped_turns") or 0)
         turns = sum(1 for m in messages if m.get("role") != "system")
         return panel(f"Conversation ({turns} turns): judge the answers to the last turn",
-                     render_conversation(messages), "pf-prompt pf-chat")
+                     render_conversation(messages, cut=cut), "pf-prompt pf-chat")
     return panel("Prompt", render_prompt(assignment["prompt"]), "pf-prompt")
+
+
+def continuation_view(waiting: dict) -> tuple[str, str, list[str]]:
+    """(accordion label, the conversation so far as HTML, follow-up choices) of a waiting one."""
+    turns = sum(1 for m in waiting["history"] if m.get("role") != "system")
+    label = f"Continue this conversation ({turns} turns so far): write the next user turn"
+    return label, render_conversation(waiting["history"]), list(waiting["followups"])
 
 
 def _waiting_screen(store: Store, user: dict, version: dict | None, message: str) -> Screen:
@@ -351,10 +445,11 @@ KEYBOARD_JS = """
       if (event.key === 'Escape' && target.blur) target.blur();  // Esc: back to shortcuts
       return;
     }
-    const id = keys[event.key.toLowerCase()];
-    if (!id) return;
-    const button = document.getElementById(id);
-    if (!button || button.disabled || button.offsetParent === null) return;  // hidden tab
+    const ids = keys[event.key.toLowerCase()] || [];
+    // one key may name a pair's button and a thumbs item's: the visible one is clicked
+    const button = ids.map((id) => document.getElementById(id))
+      .find((b) => b && !b.disabled && b.offsetParent !== null);  // not in a hidden tab or row
+    if (!button) return;
     event.preventDefault();
     button.click();
   });
@@ -387,6 +482,17 @@ APP_CSS = """
 #pf-signin { max-width: 420px; margin: 64px auto; padding: 24px;
   border: 1px solid var(--border-color-primary); border-radius: 12px; }
 #pf-message p { margin: 0; }
+#pf-signin-form { display: flex; flex-direction: column; gap: 12px; }
+#pf-signin-form h2, #pf-signin-form p { margin: 0; }
+#pf-signin-form .pf-field { display: flex; flex-direction: column; gap: 4px; font-weight: 600; }
+#pf-signin-form input { padding: 8px 10px; font: inherit; font-weight: normal; color: var(--body-text-color);
+  background: var(--input-background-fill); border: 1px solid var(--input-border-color);
+  border-radius: var(--input-radius); }
+#pf-signin-form button { padding: 10px; font: inherit; font-weight: 600; cursor: pointer; border: none;
+  color: var(--button-primary-text-color); background: var(--button-primary-background-fill);
+  border-radius: var(--button-large-radius); }
+#pf-signin-form button:disabled { opacity: 0.6; cursor: wait; }
+#pf-signin-message { min-height: 1.4em; }
 """
 
 
@@ -394,15 +500,17 @@ def keyboard_head() -> str:
     """The ``<head>`` snippet that turns 1/2/3/4/S/U into clicks on the vote buttons."""
     import json
 
-    keys = {key: elem_id for _, _, elem_id, key in VOTE_BUTTONS}
-    keys[SKIP_BUTTON[2]] = SKIP_BUTTON[1]
-    keys[UNDO_BUTTON[2]] = UNDO_BUTTON[1]
+    keys: dict[str, list[str]] = {}
+    for _, _, elem_id, key in VOTE_BUTTONS + THUMBS_BUTTONS + (("", "", SKIP_BUTTON[1], SKIP_BUTTON[2]),
+                                                              ("", "", UNDO_BUTTON[1], UNDO_BUTTON[2])):
+        keys.setdefault(key, []).append(elem_id)
     return KEYBOARD_JS % json.dumps(keys)
 
 
-def launch_options() -> dict[str, Any]:
-    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``), and
-    the switches that close run history, uploads and deep links (``prefloop.ui.server``).
+def launch_options(store: Store) -> dict[str, Any]:
+    """Page-level options that Gradio 6 takes in ``launch()`` (no longer in ``gr.Blocks``), the
+    switches that close run history, uploads and deep links, and the sign-in and sign-out routes
+    for ``store``'s accounts (``prefloop.ui.server``).
 
     System fonts: the default theme fetches Google Fonts, which an offline or private
     deployment cannot (and should not) reach.
@@ -414,12 +522,13 @@ def launch_options() -> dict[str, Any]:
         font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
     )
     return {"head": keyboard_head(), "css": APP_CSS + highlight_css(), "theme": theme,
-            **hardened_launch_options()}
+            **hardened_launch_options(store)}
 
 
 def shortcuts_markdown() -> str:
     keys = [(label.split(" (")[0], key) for _, label, _, key in VOTE_BUTTONS]
     keys += [("Skip", "S"), ("Undo", "U")]
+    keys[:2] = [("A is better / 👍 good", "1"), ("B is better / 👎 bad", "2")]
     shown = " · ".join(f"<kbd>{key.upper()}</kbd> {name}" for name, key in keys)
     return f'<div class="pf-keys">Keyboard: {shown} · <kbd>Esc</kbd> leaves a text box</div>'
 
@@ -440,10 +549,13 @@ def guidelines_view(store: Store, token: str | None) -> tuple[str, str, bool]:
     return label, render_markdown(current["text"], limit=guidelines.MAX_GUIDELINE_CHARS), True
 
 
-def build_annotate_tab(store: Store, token_state) -> dict:
+def build_annotate_tab(store: Store) -> dict:
     """Lay out the Annotate tab inside the current Blocks; returns the components app.py needs.
 
-    Example: parts = build_annotate_tab(store, token_state)  # inside `with gr.Tab("Annotate"):`
+    Every handler reads the session token from the event's cookie (``with_session``); the
+    returned "load" and "guidelines" are plain functions of the token.
+
+    Example: parts = build_annotate_tab(store)  # inside `with gr.Tab("Annotate"):`
     """
     import gradio as gr
 
@@ -464,11 +576,16 @@ def build_annotate_tab(store: Store, token_state) -> dict:
     with gr.Row(equal_height=True):
         left_box = gr.HTML(elem_id="pf-left", js_on_load=None)
         right_box = gr.HTML(elem_id="pf-right", js_on_load=None)
-    with gr.Row():
+    with gr.Row(elem_id="pf-pair-buttons") as pair_row:
         vote_buttons = {
             side: gr.Button(label, elem_id=elem_id, variant="primary" if side in ("left", "right") else "secondary")
             for side, label, elem_id, _ in VOTE_BUTTONS
         }
+    with gr.Row(elem_id="pf-thumbs-buttons", visible=False) as thumbs_row:
+        vote_buttons.update({
+            side: gr.Button(label, elem_id=elem_id, variant="primary") for side, label, elem_id, _ in THUMBS_BUTTONS
+        })
+    with gr.Row():
         skip_button = gr.Button(SKIP_BUTTON[0], elem_id=SKIP_BUTTON[1], variant="secondary", scale=0, min_width=130)
         undo_button = gr.Button(UNDO_BUTTON[0], elem_id=UNDO_BUTTON[1], variant="secondary", scale=0, min_width=130)
     gr.HTML(shortcuts_markdown(), js_on_load=None)
@@ -482,6 +599,16 @@ def build_annotate_tab(store: Store, token_state) -> dict:
                 max_lines=12,
                 elem_id="pf-better",
             )
+    continue_pair = gr.State(None)
+    with gr.Accordion("Continue this conversation", open=False, visible=False,
+                      elem_id="pf-continue-box") as continue_box:
+        continue_html = gr.HTML(elem_id="pf-continue-history", js_on_load=None)
+        followup = gr.Dropdown([], label="A follow-up from the prompt set (or write your own below)",
+                               elem_id="pf-followup", interactive=True, allow_custom_value=False)
+        with gr.Row():
+            next_turn = gr.Textbox(label="Next user turn", lines=2, scale=5, elem_id="pf-next-turn",
+                                   max_length=MAX_LIVE_PROMPT_CHARS)
+            continue_button = gr.Button("Continue", elem_id="pf-continue-go", scale=1)
     with gr.Accordion("Try your own prompt (live)", open=False):
         with gr.Row():
             live_text = gr.Textbox(
@@ -494,7 +621,19 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             live_button = gr.Button("Generate", elem_id="pf-live-go", scale=1)
 
     screen_outputs = [pair_state, prompt_box, left_box, right_box, message, progress, timer,
-                      reasons, comment, better]
+                      reasons, comment, better, pair_row, thumbs_row,
+                      continue_pair, continue_box, continue_html, followup, next_turn]
+    rest = len(screen_outputs) - 5  # outputs after the message line
+
+    def continuation_outputs(waiting: dict | None) -> list:
+        keep = gr.update()
+        if waiting is None:
+            return [keep] * 5
+        if not waiting:
+            return [None, gr.Accordion(visible=False), "", gr.Dropdown(choices=[], value=None), ""]
+        label, history, choices = continuation_view(waiting)
+        return [waiting["pair_id"], gr.Accordion(label=label, visible=True), history,
+                gr.Dropdown(choices=choices, value=None), ""]
 
     def to_outputs(screen: Screen) -> list:
         keep = gr.update()
@@ -509,6 +648,9 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             [] if screen.clear_inputs else keep,
             "" if screen.clear_inputs else keep,
             "" if screen.clear_inputs else keep,
+            gr.Row(visible=not screen.single),
+            gr.Row(visible=screen.single),
+            *continuation_outputs(screen.continuation),
         ]
 
     def guarded(action):
@@ -518,7 +660,7 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             try:
                 return to_outputs(action(*args))
             except PrefloopError as error:  # may quote what was sent: shown as text
-                return [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
+                return [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
 
         return run
 
@@ -533,23 +675,24 @@ def build_annotate_tab(store: Store, token_state) -> dict:
              "postprocess": False}
     for side, button in vote_buttons.items():
         button.click(
-            guarded(lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b)),
-            inputs=[token_state, pair_state, reasons, comment, better],
+            with_session(guarded(
+                lambda token, pair, r, c, b, side=side: vote(store, token, pair, side, r, c, b))),
+            inputs=[pair_state, reasons, comment, better],
             api_name=f"vote_{side}",  # stable names: bench/http_load.py drives the app over HTTP
             **quick,  # concurrency_limit None: a vote is one short transaction, never behind a stream
         )
-    skip_button.click(guarded(lambda token, pair: skip(store, token, pair)),
-                      inputs=[token_state, pair_state], api_name="skip", **quick)
-    undo_button.click(guarded(lambda token, pair: undo(store, token, pair)),
-                      inputs=[token_state, pair_state], api_name="undo", **quick)
-    refresh.click(guarded(load), inputs=[token_state], api_name="next_pair", **quick)
+    skip_button.click(with_session(guarded(lambda token, pair: skip(store, token, pair))),
+                      inputs=[pair_state], api_name="skip", **quick)
+    undo_button.click(with_session(guarded(lambda token, pair: undo(store, token, pair))),
+                      inputs=[pair_state], api_name="undo", **quick)
+    refresh.click(with_session(guarded(load)), inputs=None, api_name="next_pair", **quick)
 
     def poll(token, pair):
         if pair:  # a pair arrived by another route (undo, live prompt): stop polling
-            return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * 3
+            return [gr.update()] * 6 + [gr.Timer(active=False)] + [gr.update()] * (rest - 2)
         return guarded(load)(token)
 
-    timer.tick(poll, inputs=[token_state, pair_state], show_progress="hidden", api_name="poll",
+    timer.tick(with_session(poll), inputs=[pair_state], show_progress="hidden", api_name="poll",
                **quick)
 
     def run_live(token, text):
@@ -557,25 +700,50 @@ def build_annotate_tab(store: Store, token_state) -> dict:
             for screen in live_prompt(store, token, text):
                 yield to_outputs(screen)
         except PrefloopError as error:
-            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * 5
+            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
+
+    def run_continue(token, pair_id, text, picked):
+        try:
+            for screen in continue_conversation(store, token, pair_id, text, picked):
+                yield to_outputs(screen)
+        except PrefloopError as error:
+            yield [gr.update()] * 4 + [f"⚠️ {markdown_text(error)}"] + [gr.update()] * rest
 
     # generation is CPU/GPU bound: one live stream at a time, others wait in Gradio's queue
-    live_button.click(run_live, inputs=[token_state, live_text], outputs=screen_outputs,
+    live_button.click(with_session(run_live), inputs=[live_text], outputs=screen_outputs,
                       concurrency_limit=1, concurrency_id="pf-live")
+    continue_button.click(with_session(run_continue), inputs=[continue_pair, next_turn, followup],
+                          outputs=screen_outputs, concurrency_limit=1, concurrency_id="pf-live",
+                          api_name="continue_conversation")
     return {"load": guarded(load), "outputs": screen_outputs, "pair_state": pair_state,
             "guidelines": show_guidelines, "guidelines_outputs": [guide_box, guide_html]}
 
 
-def build_sign_in(store: Store):
-    """The sign-in form; returns (column, name, password, button, message)."""
+SIGN_IN_FORM = """
+<form id="pf-signin-form" method="post" action="{action}" autocomplete="on">
+  <h2>prefloop</h2>
+  <p>Sign in to judge responses.</p>
+  <label id="pf-name" class="pf-field"><span>Name</span>
+    <input name="name" type="text" autocomplete="username" maxlength="{name_chars}" required></label>
+  <label id="pf-password" class="pf-field"><span>Password</span>
+    <input name="password" type="password" autocomplete="current-password" maxlength="{password_chars}" required></label>
+  <button id="pf-signin-button" type="submit" class="lg primary">Sign in</button>
+  <p id="pf-signin-message" role="status" aria-live="polite"></p>
+</form>
+"""
+
+
+def build_sign_in():
+    """The sign-in form: plain HTML whose script posts to the sign-in route (``prefloop.ui.server``),
+    so the password never enters a Gradio event. Returns its column.
+
+    ``maxlength`` is courtesy; auth.sign_in enforces the same caps on the server. A POST form
+    even without its script: a password never lands in a URL.
+    """
     import gradio as gr
 
+    form = SIGN_IN_FORM.format(action=SIGN_IN_PATH.lstrip("/"), name_chars=auth.MAX_NAME_INPUT_CHARS,
+                               password_chars=auth.MAX_PASSWORD_CHARS)
     with gr.Column(elem_id="pf-signin", visible=True) as column:
-        gr.Markdown("## prefloop\nSign in to judge responses.")
-        # max_length is courtesy; auth.sign_in enforces the same caps on the server
-        name = gr.Textbox(label="Name", elem_id="pf-name", max_lines=1, max_length=auth.MAX_NAME_INPUT_CHARS)
-        password = gr.Textbox(label="Password", type="password", elem_id="pf-password", max_lines=1,
-                              max_length=auth.MAX_PASSWORD_CHARS)
-        button = gr.Button("Sign in", variant="primary", elem_id="pf-signin-button")
-        message = gr.Markdown(elem_id="pf-signin-message")
-    return column, name, password, button, message
+        gr.HTML(form, js_on_load=SIGN_IN_JS)
+    return column

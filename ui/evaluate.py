@@ -20,6 +20,7 @@ from prefloop.evaluate import arena, plots
 from prefloop.evaluate.annotators import annotator_dashboard
 from prefloop.evaluate.report import build_report
 from prefloop.ui.render import markdown_text
+from prefloop.ui.server import with_session
 
 RATING_HEADERS = ["version", "rating", "95% low", "95% high", "battles", "wins", "ties", "losses"]
 VERSION_HEADERS = ["version", "status", "method", "rows", "held-out acc", "win vs base", "95% CI",
@@ -184,10 +185,12 @@ def _warn(error: StoreError) -> str:
     return f"⚠️ {markdown_text(error)}"  # errors can quote what was typed: shown as text
 
 
-def build_evaluate_tab(store: Store, token_state) -> dict:
+def build_evaluate_tab(store: Store) -> dict:
     """Leaderboard, versions, agreement, plots and a form to queue battles (maintainers).
 
-    Example: build_evaluate_tab(store, token_state)  # inside `with gr.Tab("Evaluate"):`
+    Handlers read the session from the event's cookie; the returned ones take the token first.
+
+    Example: build_evaluate_tab(store)  # inside `with gr.Tab("Evaluate"):`
     """
     import gradio as gr
 
@@ -236,16 +239,18 @@ def build_evaluate_tab(store: Store, token_state) -> dict:
         except PrefloopError as error:
             return _warn(error)
 
-    refresh.click(on_refresh, inputs=[token_state], outputs=outputs)
-    battle_button.click(on_queue, inputs=[token_state, battle_a, battle_b, battle_n],
+    refresh.click(with_session(on_refresh), inputs=None, outputs=outputs)
+    battle_button.click(with_session(on_queue), inputs=[battle_a, battle_b, battle_n],
                         outputs=[battle_message], concurrency_limit=1, concurrency_id="pf-generate")
     return {"refresh": on_refresh, "queue": on_queue, "outputs": outputs}
 
 
-def build_demo_tab(store: Store, token_state) -> dict:
+def build_demo_tab(store: Store) -> dict:
     """One prompt, two versions, answers streamed side by side; the leaderboard and plots.
 
-    Example: build_demo_tab(store, token_state)  # inside `with gr.Tab("Demo"):`
+    Handlers read the session from the event's cookie; the returned ones take the token first.
+
+    Example: build_demo_tab(store)  # inside `with gr.Tab("Demo"):`
     """
     import gradio as gr
 
@@ -286,8 +291,8 @@ def build_demo_tab(store: Store, token_state) -> dict:
         except PrefloopError as error:
             yield gr.update(), gr.update(), _warn(error)
 
-    load_button.click(on_load, inputs=[token_state],
+    load_button.click(with_session(on_load), inputs=None,
                       outputs=[version_a, version_b, board, win_plot, length_plot, message])
-    run.click(on_compare, inputs=[token_state, prompt, version_a, version_b],
+    run.click(with_session(on_compare), inputs=[prompt, version_a, version_b],
               outputs=[answer_a, answer_b, message], concurrency_limit=1, concurrency_id="pf-generate")
     return {"load": on_load, "compare": on_compare}

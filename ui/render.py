@@ -25,6 +25,8 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
+from prefloop.engine.history import history_marker
+
 MAX_OUTPUT_CHARS = 12_000  # a 160-token answer is ~700 chars; 12k is far past anything useful
 MAX_PROMPT_CHARS = 8_000  # prompts are read in full before judging; longer ones are truncated
 CODE_STYLE = "friendly"  # Pygments style; its CSS comes from highlight_css()
@@ -122,31 +124,39 @@ ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 SHOWN_EARLIER_TURNS = 2  # more earlier turns than this fold into one "earlier turns" toggle
 
 
-def render_conversation(messages: list[dict] | None, fallback: str | None = None) -> str:
+def render_conversation(messages: list[dict] | None, fallback: str | None = None, cut: int = 0) -> str:
     """A whole conversation: every turn with its role, the last one (the one being answered)
     open, earlier ones above it; more than ``SHOWN_EARLIER_TURNS`` earlier turns fold into a
     ``<details>`` so a long chat does not push the answers off screen. Text is rendered like any
     untrusted Markdown, and the prompt's character budget is shared across the turns.
+
+    ``cut``: how many messages after a system message the model did not read (the history was
+    cut at the token budget, prefloop.engine.history): a marker says so at the top, and those
+    turns are greyed and labelled, so the annotator judges with what the model saw in mind.
 
     Example: render_conversation([{"role": "user", "content": "hi"}, ...])
     """
     if not messages:
         return render_prompt(fallback)
     budget = max(MAX_PROMPT_CHARS // len(messages), 500)
+    first_cut = 1 if messages[0].get("role") == "system" else 0
     blocks = []
-    for turn in messages:
+    for index, turn in enumerate(messages):
         role = str(turn.get("role", "user"))
         label = ROLE_LABELS.get(role, "Turn")
+        unseen = first_cut <= index < first_cut + cut
         blocks.append(
-            f'<div class="pf-turn pf-turn-{html.escape(label.lower())}">'
-            f'<div class="pf-role">{label}</div>{render_markdown(str(turn.get("content") or ""), budget)}</div>'
+            f'<div class="pf-turn pf-turn-{html.escape(label.lower())}{" pf-turn-cut" if unseen else ""}">'
+            f'<div class="pf-role">{label}{" · not seen by the model" if unseen else ""}</div>'
+            f'{render_markdown(str(turn.get("content") or ""), budget)}</div>'
         )
     *earlier, last = blocks
     if len(earlier) > SHOWN_EARLIER_TURNS:
         folded = "".join(earlier[:-SHOWN_EARLIER_TURNS])
         earlier = [f'<details class="pf-earlier"><summary>{len(earlier) - SHOWN_EARLIER_TURNS} earlier '
                    f'turns</summary>{folded}</details>', *earlier[-SHOWN_EARLIER_TURNS:]]
-    return '<div class="pf-conversation">' + "".join(earlier) + last + "</div>"
+    marker = f'<div class="pf-history-cut">{html.escape(history_marker(cut))}</div>' if cut else ""
+    return '<div class="pf-conversation">' + marker + "".join(earlier) + last + "</div>"
 
 
 def render_plain(text: str | None, limit: int = MAX_OUTPUT_CHARS) -> str:

@@ -23,6 +23,7 @@ from prefloop.train.rounds import (
     start_round,
 )
 from prefloop.ui.render import markdown_text
+from prefloop.ui.server import with_session
 
 ROUND_HEADERS = ["id", "method", "parent", "version", "status", "progress", "pairs", "lr", "beta", "epochs",
                  "lora_rank", "train_loss", "heldout_acc", "outcome", "created"]
@@ -136,10 +137,12 @@ def decide_action(store: Store, token: str | None, action: str, round_id: int | 
 # --------------------------------------------------------------------------------------------
 # layout
 # --------------------------------------------------------------------------------------------
-def build_train_tab(store: Store, token_state) -> dict:
+def build_train_tab(store: Store) -> dict:
     """Start rounds, live curves, every round in a table, promote / reject / roll back.
 
-    Example: build_train_tab(store, token_state)  # inside `with gr.Tab("Train"):`
+    Handlers read the session from the event's cookie; the returned "refresh" takes the token first.
+
+    Example: build_train_tab(store)  # inside `with gr.Tab("Train"):`
     """
     import gradio as gr
 
@@ -184,11 +187,15 @@ def build_train_tab(store: Store, token_state) -> dict:
 
     outputs = [ready, chosen_round, loss_plot, margin_plot, table]
     quiet = dict(show_progress="hidden")
-    timer.tick(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
-    chosen_round.change(refresh, inputs=[token_state, chosen_round], outputs=outputs, **quiet)
-    start.click(lambda *values: start_round_action(store, *values), inputs=[token_state, method, learning_rate, epochs, beta, lora_rank, min_pairs, precision],
-                outputs=[message], concurrency_limit=1)
-    promote.click(lambda t, r: decide_action(store, t, "promote", r), inputs=[token_state, chosen_round], outputs=[message])
-    reject.click(lambda t, r: decide_action(store, t, "reject", r), inputs=[token_state, chosen_round], outputs=[message])
-    rollback.click(lambda t: decide_action(store, t, "rollback", None), inputs=[token_state], outputs=[message])
+    timer.tick(with_session(refresh), inputs=[chosen_round], outputs=outputs, **quiet)
+    chosen_round.change(with_session(refresh), inputs=[chosen_round], outputs=outputs, **quiet)
+    start.click(with_session(lambda *values: start_round_action(store, *values)),
+                inputs=[method, learning_rate, epochs, beta, lora_rank, min_pairs, precision],
+                outputs=[message], concurrency_limit=1, api_name="start_round")
+    promote.click(with_session(lambda t, r: decide_action(store, t, "promote", r)), inputs=[chosen_round],
+                  outputs=[message], api_name="promote")
+    reject.click(with_session(lambda t, r: decide_action(store, t, "reject", r)), inputs=[chosen_round],
+                 outputs=[message], api_name="reject")
+    rollback.click(with_session(lambda t: decide_action(store, t, "rollback", None)), inputs=None,
+                   outputs=[message], api_name="rollback")
     return {"refresh": refresh, "outputs": outputs, "timer": timer}
