@@ -239,7 +239,7 @@ def test_kto_train_command_end_to_end(tiny_v0):
     result = CliRunner().invoke(cli, ["train", "--method", "kto", "--in-process", "--min-new-pairs", "1",
                                       "--config-json", json.dumps(FAST)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "round 1 trained: version v1, 10 pairs" in result.output and "gate: wait" in result.output
+    assert "round 1 trained: version v1, 10 rows" in result.output and "gate: wait" in result.output
     assert store.round(1)["method"] == "kto" and learned(store, "v1")
     assert_unchanged(before, base_state(store))
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output

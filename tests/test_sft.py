@@ -188,7 +188,7 @@ def test_sft_train_command_end_to_end(tiny_v0):
                                       "--min-new-pairs", "1", "--config-json", json.dumps(FAST)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "round 1 trained: version v1, 5 pairs" in result.output and "gate: wait" in result.output
+    assert "round 1 trained: version v1, 5 rows" in result.output and "gate: wait" in result.output
     assert store.round(1)["config"]["sft_chosen_margin"] == 1 and learned(store, "v1")
     assert_unchanged(before, base_state(store))
     add_judged_pairs(store, 1, tag="new")  # a new a/b vote, but nothing written
