@@ -1,4 +1,5 @@
-"""One training round: judgments -> LoRA adapter (DPO, ORPO, KTO, SFT, SFT then DPO) -> candidate version -> gate.
+"""One training round: judgments -> LoRA adapter (DPO, ORPO, KTO, SFT, or SFT then DPO) -> candidate
+version -> gate.
 
 The life of a round, in the order the code below runs it:
 
@@ -12,8 +13,8 @@ The life of a round, in the order the code below runs it:
    model, i.e. exactly the parent. sft-dpo trains the adapter with SFT, then continues it with
    DPO against a frozen copy of the SFT result (the DPO paper's reference, and TRL's for a
    trained adapter), all in this one round. Progress, per-step metrics and a heartbeat go to the
-   database as they happen. The adapter is registered atomically as a ``candidate`` version whose card names its
-   parent, method, config, data hash and size, judgment ids and metrics.
+   database as they happen. The adapter is registered atomically as a ``candidate`` version
+   whose card names its parent, method, config, data hash and size, judgment ids and metrics.
 3. Gate (prefloop.train.gate): the candidate, merged exactly as the sampler will run it, is
    judged on fresh held-out judgments of its parent's own answers: enough of them, an agreement
    rate whose 95% lower bound clears 50%, and drift guards (length, chosen log-prob, KL). The
