@@ -17,6 +17,7 @@ from prefloop.evaluate.judges import load_judge
 from prefloop.evaluate.plots import save_plots, simulation_rows
 from prefloop.evaluate.report import build_report
 from prefloop.evaluate.simulate import SimulationConfig, run_seeds, run_simulation
+from prefloop.train.config import METHODS
 
 
 def _log(message: str) -> None:
@@ -100,7 +101,9 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
                    "(default: the gate minimum, gate_min_rows, plus a quarter for ties)")
 @click.option("--force-promote", is_flag=True, help="promote every candidate whatever the gate says (the old behaviour)")
 @click.option("--seeds", default=1, show_default=True, help="runs (seed, seed+1, ...), each in a fresh home under this one; reports mean and spread")
-@click.option("--method", type=click.Choice(["dpo", "orpo"]), default="dpo", show_default=True)
+@click.option("--method", type=click.Choice(list(METHODS)), default="dpo", show_default=True,
+              help="round method (sft and sft-dpo also imitate winners with a clear vote margin: simulated "
+                   "judges write no better answers)")
 @click.option("--noise", default=0.0, show_default=True, help="share of votes replaced by a random choice")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-prompts", default=48, show_default=True, help="held-out prompts battled against v0 per round")

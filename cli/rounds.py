@@ -42,11 +42,11 @@ def _store() -> Store:
 @click.option("--in-process", is_flag=True, help="train in this process instead of a child (debugging)")
 @click.option("--create-only", is_flag=True, help="create the round and print its id (for accelerate launch)")
 def train_command(config_json, wait, in_process, create_only, **options) -> None:
-    """Start a training round on the active version: DPO or ORPO with a LoRA adapter.
+    """Start a training round on the active version: DPO, ORPO, KTO, SFT or SFT then DPO, with a LoRA adapter.
 
     The round trains in a child process (`python -m prefloop.train --round ID`); by default this command
     follows it with a progress bar. The gate (min_new_pairs setting) refuses a round with too few
-    new preference pairs.
+    new rows for its method.
 
     Example: prefloop train --method dpo --lr 3e-4 --epochs 2
     """
@@ -105,7 +105,8 @@ def _echo_result(current: dict, version: str | None) -> None:
         return
     accuracy = metrics.get("heldout_accuracy")
     shown = "n/a (no held-out judgments)" if accuracy is None else f"{accuracy:.3f}"
-    click.echo(f"round {current['id']} {current['status']}: version {version}, {current['dataset_size']} pairs, "
+    unit = "pairs" if current["method"] in ("dpo", "orpo") else "rows"  # kto: answers; sft: demonstrations
+    click.echo(f"round {current['id']} {current['status']}: version {version}, {current['dataset_size']} {unit}, "
                f"train loss {metrics.get('train_loss', float('nan')):.4f}, held-out accuracy {shown}")
     gate = metrics.get("gate") or {}
     if gate.get("verdict"):

@@ -5,7 +5,9 @@
 Each round, as production runs it: sample ``pairs_per_round`` train pairs and ``heldout_pairs``
 gate pairs (held-out prompts) from the active version, let the judge vote on all of them as a
 real annotator account ("sim-<judge>", served and recorded through the store, so lineage is the
-same as for people), train a round (DPO or ORPO) in this process with ``prefloop train``'s
+same as for people), train a round (any RoundConfig method: dpo, orpo, kto, sft, sft-dpo; a
+simulated judge writes no better answers, so sft learns the winners with a vote margin of
+``sft_chosen_margin``) in this process with ``prefloop train``'s
 defaults, and let the round's evidence gate decide: a promoted candidate becomes the active
 version; a rejected or waiting one leaves its parent active, and the next round trains the
 parent on new judgments (its held-out judgments accumulate). ``force_promote`` promotes every
@@ -45,7 +47,7 @@ from prefloop.evaluate.judges import (
     noisy,
 )
 from prefloop.train import rounds
-from prefloop.train.config import RoundConfig
+from prefloop.train.config import METHODS, PHASES, RoundConfig
 
 SIM_PASSWORD_HASH = "!simulated"  # not an argon2 hash: nobody can sign in as a simulated judge
 
@@ -64,7 +66,11 @@ class SimulationConfig:
     )
     force_promote: bool = field(default=False, metadata={"help": "promote every candidate, whatever the gate says"})
     seeds: int = field(default=1, metadata={"help": "run the loop this many times (seed, seed+1, ...); report mean and spread"})
-    method: str = field(default="dpo", metadata={"help": "dpo or orpo"})
+    method: str = field(default="dpo", metadata={"help": "round method: " + ", ".join(METHODS)})
+    sft_chosen_margin: int = field(
+        default=1,  # a simulated judge writes no better answers: sft learns the winners of its votes
+        metadata={"help": "sft and sft-dpo: imitate a winner whose votes outnumber the other side's by this many"},
+    )
     noise: float = field(default=0.0, metadata={"help": "share of votes replaced by a random choice"})
     seed: int = field(default=0, metadata={"help": "seeds sampling, noise and training"})
     eval_prompts: int = field(
@@ -88,8 +94,11 @@ class SimulationConfig:
             raise PrefloopError(f"pairs per round must be at least 1, not {self.pairs_per_round}")
         if self.eval_prompts < 0:
             raise PrefloopError(f"eval prompts must be 0 or more, not {self.eval_prompts}")
-        if self.method not in ("dpo", "orpo"):
-            raise PrefloopError(f"method must be dpo or orpo, not {self.method!r}")
+        if self.method not in METHODS:
+            raise PrefloopError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if "sft" in PHASES[self.method] and self.sft_chosen_margin < 1:
+            raise PrefloopError("sft_chosen_margin must be at least 1 in a simulation: simulated judges write "
+                                "no better answers, so sft would have nothing to learn")
         if not 0.0 <= self.noise <= 1.0:
             raise PrefloopError(f"noise must be between 0 and 1, not {self.noise}")
         if self.heldout_pairs is not None and self.heldout_pairs < 0:
@@ -147,6 +156,8 @@ def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int 
     """The RoundConfig for one simulated round: production's defaults plus CLI overrides."""
 
     values = {k: getattr(config, k) for k in ROUND_OVERRIDES if getattr(config, k) is not None}
+    if "sft" in PHASES[config.method]:
+        values["sft_chosen_margin"] = config.sft_chosen_margin
     return RoundConfig(
         method=config.method, seed=config.seed + round_index, min_new_pairs=min_new_pairs, **values
     ).validate()
@@ -299,6 +310,8 @@ def run_simulation(
             "heldout_votes": {c: sum(v["choice"] == c for v in gate_votes) for c in ("a", "b", "tie", "both_bad")},
             "dataset_size": finished.get("dataset_size"),
             "cut_off_answers_trained": metrics.get("cut_off_answers"),
+            "kto_class_weights": metrics.get("kto_class_weights"),  # kto only
+            "phases": metrics.get("phases"),  # sft-dpo only
             "gate": {
                 "promoted": promoted,
                 "decision": verdict.get("decision"),
@@ -349,7 +362,8 @@ def run_simulation(
         "seed": config.seed,
         "sampling": params.to_dict(),
         "round_config": {k: v for k, v in round_config(config, 0).to_dict().items()
-                         if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank", "precision")},
+                         if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank", "precision",
+                                  "sft_chosen_margin")},
         "heldout_pairs_per_round": gate_pairs,
         "force_promote": config.force_promote,
         "v0": {"version": base, "cutoff_rate": cutoff_rate(store, base)},

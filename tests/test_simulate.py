@@ -160,3 +160,27 @@ def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
                             judge=always_tie, progress=False, log=lambda m: None)
     assert result["rounds"] == [] and "0 of 1 rounds ran" in result["stopped"]
     assert store.active_version()["name"] == "v1" and len(store.list_rounds()) == 1
+
+
+@pytest.mark.parametrize("method", ["kto", "sft", "sft-dpo"])
+def test_simulation_runs_kto_and_sft_methods(tiny_v0, method, monkeypatch):
+    """`prefloop simulate --method kto|sft|sft-dpo`: pairwise votes become the method's rows (sft: the
+    winners with a vote margin of 1, since a simulated judge writes nothing) and a gated version."""
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+    from prefloop.train import examples
+
+    # The random tiny model never stops, so every answer is cut off, and SFT imitates no cut-off
+    # winner: here they count as finished (the bundled model's answers mostly are).
+    monkeypatch.setattr(examples, "is_cut_off", lambda reason: False)
+    store = tiny_v0
+    _prompts(store, train=6, heldout=3)
+    config = SimulationConfig(rounds=1, pairs_per_round=4, eval_prompts=0, max_new_tokens=6, learning_rate=1e-3,
+                              seed=2, heldout_pairs=2, method=method, epochs=1.0)
+    result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
+    [done] = result["rounds"]
+    assert done["version"] == "v1" and done["gate"]["decision"] == "wait" and learned(store, "v1")
+    assert store.list_rounds()[0]["method"] == method and done["dataset_size"] > 0
+    assert (done["kto_class_weights"] is not None) is (method == "kto")
+    assert result["round_config"].get("sft_chosen_margin") == (0 if method == "kto" else 1)
+    with pytest.raises(PrefloopError, match="sft_chosen_margin must be at least 1 in a simulation"):
+        SimulationConfig(method="sft", sft_chosen_margin=0).validate()

@@ -15,7 +15,9 @@ from typing import Any
 
 from prefloop.errors import ConfigError
 
-METHODS = ("dpo", "orpo")
+METHODS = ("dpo", "orpo", "kto", "sft", "sft-dpo")
+# The trainers a method runs, in order; sft-dpo trains one adapter with SFT, then continues it with DPO.
+PHASES = {"dpo": ("dpo",), "orpo": ("orpo",), "kto": ("kto",), "sft": ("sft",), "sft-dpo": ("sft", "dpo")}
 PRECISIONS = ("auto", "fp32", "bf16")
 QUANTIZE_CHOICES = ("none", "4bit")  # the same tuple as train/distributed.py's, which loads them
 
@@ -41,7 +43,9 @@ def _same_kind(default: Any, value: Any) -> bool:
 class RoundConfig:
     method: str = field(
         default="dpo",
-        metadata={"help": "dpo (reference = parent version) or orpo (reference-free, NLL built in)",
+        metadata={"help": "dpo (pairs; reference = parent version), orpo (pairs; reference-free, NLL built in), "
+                  "kto (single answers labelled good or bad: votes, both-bad, thumbs), sft (imitate written better "
+                  "answers), sft-dpo (sft, then dpo on the same adapter, in one round)",
                   "choices": METHODS},
     )
     learning_rate: float = field(
@@ -53,7 +57,8 @@ class RoundConfig:
     )
     beta: float = field(
         default=0.1,  # TRL and the DPO paper's default; ORPO uses it as lambda (odds-ratio weight)
-        metadata={"help": "DPO: KL strength towards the parent; ORPO: weight of the odds-ratio term"},
+        metadata={"help": "DPO and KTO: KL strength towards the reference; ORPO: weight of the odds-ratio term; "
+                  "SFT: unused"},
     )
     epochs: float = field(
         default=2.0,  # a few hundred pairs: 1 epoch barely moves, 3+ starts memorising
@@ -88,8 +93,15 @@ class RoundConfig:
     nll_weight: float = field(
         default=0.0,
         metadata={
-            "help": "DPO only: weight of an added NLL (SFT) loss on the chosen answer, RPO-style "
-            "(TRL loss_type ['sigmoid', 'sft']). ORPO has its NLL term built in (weight 1): leave 0."
+            "help": "DPO (and sft-dpo's DPO phase) only: weight of an added NLL (SFT) loss on the chosen answer, "
+            "RPO-style (TRL loss_type ['sigmoid', 'sft']). ORPO has its NLL term built in (weight 1): leave 0."
+        },
+    )
+    sft_chosen_margin: int = field(
+        default=0,  # off: only what people wrote is imitated; a vote says "better", not "good"
+        metadata={
+            "help": "sft and sft-dpo: also imitate a pair's winning answer when its votes outnumber the other "
+            "answer's by at least this many (and it was not cut off); 0: only written better answers"
         },
     )
     full_finetune: bool = field(
@@ -158,6 +170,23 @@ class RoundConfig:
         need(
             not (self.method == "orpo" and self.nll_weight),
             "nll_weight applies to DPO only: ORPO's NLL term is built in; leave nll_weight at 0",
+        )
+        need(
+            not (self.method in ("kto", "sft") and self.nll_weight),
+            f"nll_weight applies to DPO only (dpo, sft-dpo), not {self.method}; leave nll_weight at 0",
+        )
+        need(
+            not (self.method == "kto" and self.batch_size < 2),
+            "kto needs batch_size of at least 2: its KL estimate pairs each prompt with another row's "
+            "answer in the same batch",
+        )
+        need(
+            0 <= self.sft_chosen_margin <= 1000,
+            f"sft_chosen_margin must be in [0, 1000] (0: off), not {self.sft_chosen_margin}",
+        )
+        need(
+            not (self.sft_chosen_margin and "sft" not in PHASES.get(self.method, ())),
+            f"sft_chosen_margin applies to sft and sft-dpo only, not {self.method}; leave it at 0",
         )
         need(
             not self.full_finetune,

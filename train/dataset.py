@@ -34,6 +34,9 @@ a one-message assistant list. Each row also carries lineage keys (``pair_id``, `
 ``judgment_ids``, ``source``, ...). TRL's DPOTrainer drops unknown columns after tokenising, but
 ORPO's collator keeps them, so :func:`training_columns` strips them before a trainer sees them;
 the snapshot saved in the round folder keeps everything.
+
+KTO's labelled answers and SFT's demonstrations come from the same judgments by the same rules
+(:func:`votes_by_pair`, :func:`plurality`): prefloop.train.examples.
 """
 
 from __future__ import annotations
@@ -59,6 +62,17 @@ def build_preference_rows(
 ) -> list[dict]:
     """Preference rows from judgments on prompts of ``split`` (newer than ``since_judgment_id``;
     only on ``pair_ids`` when given: a round's window)."""
+    rows: list[dict] = []
+    for votes in votes_by_pair(store, since_judgment_id, split, pair_ids):
+        rows.extend(_rows_for_pair(votes))
+    return rows
+
+
+def votes_by_pair(
+    store: Store, since_judgment_id: int = 0, split: str = "train", pair_ids: Iterable[int] | None = None
+) -> list[list[dict]]:
+    """Every pair's judgments together, in pair order: the split and purpose rules above, and only
+    ``pair_ids`` when given (a round's window). Every row builder starts here."""
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     purposes = TRAIN_PURPOSES if split == "train" else HELDOUT_PURPOSES
@@ -67,10 +81,7 @@ def build_preference_rows(
     for judgment in store.judgments(since_id=since_judgment_id, purposes=purposes):
         if judgment["split"] == split and (wanted is None or judgment["pair_id"] in wanted):
             by_pair[judgment["pair_id"]].append(judgment)
-    rows: list[dict] = []
-    for pair_id in sorted(by_pair):
-        rows.extend(_rows_for_pair(by_pair[pair_id]))
-    return rows
+    return [by_pair[pair_id] for pair_id in sorted(by_pair)]
 
 
 def window_pair_ids(store: Store, all_judgments: bool = False) -> list[int]:
@@ -105,7 +116,7 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
     }
     cut = {"text_a": is_cut_off(first.get("finish_reason_a")), "text_b": is_cut_off(first.get("finish_reason_b"))}
     rows = []
-    winner = _plurality([v["choice"] for v in votes])
+    winner = plurality([v["choice"] for v in votes])
     if winner in ("a", "b"):
         chosen, rejected = ("text_a", "text_b") if winner == "a" else ("text_b", "text_a")
         rows.append(
@@ -146,7 +157,8 @@ def _rows_for_pair(votes: list[dict]) -> list[dict]:
     return rows
 
 
-def _plurality(choices: Iterable[str]) -> str | None:
+def plurality(choices: Iterable[str]) -> str | None:
+    """The choice with the most votes; None when two or more share first place (or no votes)."""
     counts = Counter(choices).most_common()
     if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
         return None
@@ -167,20 +179,36 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
+def row_kind(row: dict) -> str:
+    """"preference" (prompt, chosen, rejected), "kto" (prompt, completion, label) or "sft"
+    (prompt, completion): a round's snapshot may hold more than one kind (sft-dpo)."""
+    if "chosen" in row:
+        return "preference"
+    return "kto" if "label" in row else "sft"
+
+
+ROW_COLUMNS = {"preference": TRL_COLUMNS, "kto": ("prompt", "completion", "label"), "sft": ("prompt", "completion")}
+ROW_FLAGS = {"preference": CUT_OFF_COLUMNS, "kto": ("cut_off",), "sft": ()}  # SFT rows are never cut off
+
+
 def training_columns(rows: list[dict], cut_off_flags: bool = False) -> list[dict]:
-    """Only the columns a TRL trainer should see (plus the two cut-off flags when asked: the
-    round reads them to strip the end-of-turn token from cut-off answers, then drops them)."""
-    keys = TRL_COLUMNS + (CUT_OFF_COLUMNS if cut_off_flags else ())
-    return [{k: bool(row.get(k)) if k in CUT_OFF_COLUMNS else row[k] for k in keys} for row in rows]
+    """Only the columns a TRL trainer should see (plus the cut-off flags when asked: the round
+    reads them to strip the end-of-turn token from cut-off answers, then drops them)."""
+    out = []
+    for row in rows:
+        kind = row_kind(row)
+        flags = ROW_FLAGS[kind] if cut_off_flags else ()
+        out.append({k: bool(row.get(k)) if k in flags else row[k] for k in ROW_COLUMNS[kind] + flags})
+    return out
 
 
 def dataset_hash(rows: list[dict]) -> str:
-    """sha256 of what is trained on (prompt, chosen, rejected, in order, and which answers are
-    cut off, since those train without an end-of-turn token): same data, same hash."""
+    """sha256 of what is trained on (the trainer's columns, in order, and which answers are cut
+    off, since those train without an end-of-turn token): same data, same hash."""
     digest = hashlib.sha256()
     for row in training_columns(rows, cut_off_flags=True):
-        for key in CUT_OFF_COLUMNS:
-            if not row[key]:
+        for key in CUT_OFF_COLUMNS + ("cut_off",):
+            if key in row and not row[key]:
                 del row[key]  # finished answers hash as before cut-off flags existed
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")

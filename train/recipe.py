@@ -1,10 +1,14 @@
 """How a round trains: the TRL trainer for its method and every setting it runs with.
 
 ``rounds.py`` runs a round's life (create, spawn, train, gate, decide); this module is the part
-that talks to TRL: which trainer (DPO, or ORPO from trl.experimental), its config fields, the
-warmup, the precision, answer-only LM-head tricks on CPU, training cut-off answers without an
-end-of-turn token, progress callbacks into the database, and the phase clock and memory figure
-that go on the round.
+that talks to TRL: which trainer (DPO, KTO, SFT, or ORPO from trl.experimental), its config
+fields, the warmup, KTO's class weights, the precision, answer-only LM-head tricks on CPU,
+training cut-off answers without an end-of-turn token, progress callbacks into the database, and
+the phase clock and memory figure that go on the round.
+
+A method runs one trainer per phase (config.PHASES): sft-dpo is an SFT phase, then a DPO phase
+that continues the same adapter. Every function here takes the config of one phase, whose
+``method`` is that phase's trainer.
 """
 
 from __future__ import annotations
@@ -66,19 +70,22 @@ def recipe_settings(config: RoundConfig, folder: Path) -> dict:
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         warmup_steps=config.warmup_ratio,  # a ratio; _train replaces it by whole steps (warmup_steps())
-        beta=config.beta,
         seed=config.seed,
         save_strategy="no",  # the adapter is saved once, atomically, by register_adapter_version
         report_to="none",
         disable_tqdm=True,  # progress goes to the database; the log file stays readable
     )
+    if config.method != "sft":  # SFT has no reference to stay near and no beta
+        settings["beta"] = config.beta
+    if config.method == "sft":
+        settings["completion_only_loss"] = True  # learn the answer, not to predict the user's prompt
     if config.method == "dpo" and config.nll_weight:
         settings.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.nll_weight])
     return settings
 
 
 def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
-    """Every DPOConfig/ORPOConfig field a round sets: the recipe, plus what makes it fast.
+    """Every DPOConfig/ORPOConfig/KTOConfig/SFTConfig field a round sets: the recipe, plus what makes it fast.
 
     The speed settings were chosen from a profile of a round on the bundled model, each with its
     reason beside it (README, "Round time and round memory"; bench/round_time.py measures the
@@ -97,10 +104,11 @@ def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
         bf16=use_bf16(config, on_gpu),
         use_cpu=not on_gpu,
         dataloader_num_workers=0,  # tokenised rows are in memory: worker processes only add startup
-        # TRL zeroes every dropout (LoRA's too) unless told not to: honour a nonzero lora_dropout
-        disable_dropout=config.lora_dropout == 0,
     )
-    if config.method == "dpo":
+    if config.method != "sft":  # SFTConfig has no such field and leaves dropout as the model has it
+        # TRL zeroes every dropout (LoRA's too) unless told not to: honour a nonzero lora_dropout
+        settings["disable_dropout"] = config.lora_dropout == 0
+    if config.method in ("dpo", "kto"):
         # The reference is the parent and never changes during a round: run it once over the rows,
         # in big batches, instead of once per row per epoch inside every training step.
         settings.update(precompute_ref_log_probs=True, precompute_ref_batch_size=max(16, config.batch_size))
@@ -134,36 +142,94 @@ def completion_tokens_only(enabled: bool):
         trl_utils._use_triton = original
 
 
-def make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, store, round_id, main, fields: dict):
-    from datasets import Dataset
-    from peft import LoraConfig
+KTO_RATIO_RANGE = (1.0, 4 / 3)  # KTO paper, eq. 8: desirable_weight*n_D / (undesirable_weight*n_U)
 
-    peft_config = LoraConfig(
+
+def kto_class_weights(n_desirable: int, n_undesirable: int) -> dict:
+    """KTO's desirable/undesirable loss weights for a round's label counts, as TRL's docs advise.
+
+    The KTO paper (and TRL's KTOTrainer warning) want ``desirable_weight * n_D`` over
+    ``undesirable_weight * n_U`` in [1, 4/3]. Counts already in range keep both weights at 1;
+    otherwise the minority class alone is weighted up, to the middle of the range (7/6), so
+    TRL's two-decimal check of the same range never sees it at an edge. Thumbs-down-heavy rounds
+    (both-bad votes give two undesirable answers) weight desirable answers up, and the reverse.
+    """
+    low, high = KTO_RATIO_RANGE
+    desirable_weight = undesirable_weight = 1.0
+    if n_desirable and n_undesirable:  # one class alone: nothing to balance
+        ratio = n_desirable / n_undesirable
+        middle = (low + high) / 2
+        if ratio < low:
+            desirable_weight = middle / ratio
+        elif ratio > high:
+            undesirable_weight = ratio / middle
+    return {
+        "desirable": n_desirable,
+        "undesirable": n_undesirable,
+        "desirable_weight": round(desirable_weight, 4),
+        "undesirable_weight": round(undesirable_weight, 4),
+        "weighted_ratio": round(desirable_weight * n_desirable / (undesirable_weight * n_undesirable), 4)
+        if n_undesirable else None,
+    }
+
+
+def make_trainer(model, tokenizer, rows, config: RoundConfig, on_gpu: bool, store, round_id, main, fields: dict,
+                 progress: "Progress | None" = None):
+    """The TRL trainer of one phase (``config.method``: dpo, orpo, kto or sft) over its rows.
+
+    ``model`` is the parent, which the trainer wraps in a new LoRA adapter, or (a later phase of
+    sft-dpo) the PEFT model an earlier phase trained, whose adapter the trainer continues.
+    """
+    import random
+
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+
+    peft_config = None if isinstance(model, PeftModel) else LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules="all-linear",  # every attention and MLP projection (not the LM head)
         task_type="CAUSAL_LM",
     )
-    # Shortest first: the one reference pass runs over the rows in order, so its batches hold rows of
-    # similar length (little padding). Training draws random batches whatever the order.
-    dataset = Dataset.from_list(sorted(rows, key=_row_length))
-    dataset = distributed.shared_dataset(dataset, Path(fields["output_dir"]).parent / "train-rows")  # many ranks: one copy
-    callbacks = [progress_callback(store, round_id)] if main else []
+    if config.method == "kto":
+        # KTO reads rows in order (its KL estimate pairs each row with its batch neighbour's answer),
+        # so the order is the round's shuffle, by its seed: mixed labels and prompts in every batch.
+        rows = list(rows)
+        random.Random(config.seed).shuffle(rows)
+    else:
+        # Shortest first: the one reference pass runs over the rows in order, so its batches hold rows
+        # of similar length (little padding). Training draws random batches whatever the order.
+        rows = sorted(rows, key=_row_length)
+    dataset = Dataset.from_list(rows)
+    # many ranks: one copy
+    dataset = distributed.shared_dataset(dataset, Path(fields["output_dir"]).parent / f"train-rows-{config.method}")
+    callbacks = [progress_callback(store, round_id, progress)] if main else []
+    common = dict(train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if config.method == "dpo":
         from trl import DPOConfig
 
         # ref_model=None with a peft_config: the reference is the adapter-disabled model, the parent.
-        return _cut_off_aware(config.method)(
-            model=model, ref_model=None, args=DPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
-            peft_config=peft_config, callbacks=callbacks,
-        )
+        # With an adapter already trained (sft-dpo), TRL freezes a copy of it as the reference ("ref").
+        return _cut_off_aware("dpo")(model=model, ref_model=None, args=DPOConfig(**fields), **common)
+    if config.method == "kto":
+        from trl import KTOConfig
+
+        return _cut_off_aware("kto")(model=model, ref_model=None, args=KTOConfig(**fields), **common)
+    if config.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer(model=model, args=SFTConfig(**fields), **common)
     from trl.experimental.orpo import ORPOConfig
 
-    return _cut_off_aware(config.method)(
-        model=model, args=ORPOConfig(**fields), train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, callbacks=callbacks,
-    )
+    return _cut_off_aware("orpo")(model=model, args=ORPOConfig(**fields), **common)
+
+
+def drop_reference_adapter(model) -> None:
+    """Remove the frozen copy ("ref") DPO keeps of an adapter it continued: only the trained one is saved."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+        model.set_adapter("default")
 
 
 END_OF_TURN_WINDOW = 3  # the chat template's end of an answer: <|im_end|> "\n" (ORPO adds one more <|im_end|>)
@@ -180,8 +246,35 @@ def strip_end_of_turn(ids: list[int], eos_id: int) -> list[int]:
 
 
 def _cut_off_aware(method: str):
-    """TRL's trainer, but answers flagged ``chosen_cut_off`` / ``rejected_cut_off`` train without
-    the end-of-turn token: stripped after TRL tokenises and before DPO's reference pass runs."""
+    """TRL's trainer, but answers flagged ``chosen_cut_off`` / ``rejected_cut_off`` (KTO:
+    ``cut_off``) train without the end-of-turn token: stripped after TRL tokenises and before the
+    reference pass runs."""
+    if method == "kto":
+        from trl import KTOTrainer
+
+        class CutOffAwareKTOTrainer(KTOTrainer):
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+                if "cut_off" not in dataset.column_names:
+                    return dataset
+                eos = self._tokenizer.eos_token_id
+
+                def strip(row):
+                    if row["cut_off"]:
+                        row["completion_ids"] = strip_end_of_turn(row["completion_ids"], eos)
+                    return row
+
+                dataset = dataset.map(strip).remove_columns(["cut_off"])
+                if "KL_completion_ids" in dataset.column_names:
+                    # TRL's KL answers are the batch neighbours' answers, copied before the strip: again
+                    def rotate(batch):
+                        batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
+                        return batch
+
+                    dataset = dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+                return dataset
+
+        return CutOffAwareKTOTrainer
     if method == "dpo":
         from trl import DPOTrainer
 
@@ -220,7 +313,8 @@ def _cut_off_aware(method: str):
 def _row_length(row: dict) -> int:
     """Characters of the prompt and the longer answer: a tokenizer-free proxy of the padded length."""
     prompt = sum(len(m["content"]) for m in row["prompt"])
-    return prompt + max(len(row["chosen"][0]["content"]), len(row["rejected"][0]["content"]))
+    answers = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+    return prompt + max(len(answer[0]["content"]) for answer in answers)
 
 
 def use_bf16(config: RoundConfig, on_gpu: bool) -> bool:
@@ -237,25 +331,43 @@ def _gpu_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def progress_callback(store: Store, round_id: int):
+class Progress:
+    """Where one phase sits in its round: its share of the progress bar, the steps of the phases
+    before it (metric rows keep counting), and a prefix for its metric names ("sft/" for
+    sft-dpo's first phase, so the last phase's "loss" is the round's)."""
+
+    def __init__(self, start: float = 0.05, end: float = 0.9, step_offset: int = 0, prefix: str = ""):
+        self.start, self.end, self.step_offset, self.prefix = start, end, step_offset, prefix
+
+    @classmethod
+    def of_phase(cls, index: int, phases: tuple[str, ...], step_offset: int) -> "Progress":
+        share = 0.85 / len(phases)
+        prefix = f"{phases[index]}/" if index < len(phases) - 1 else ""
+        return cls(0.05 + share * index, 0.05 + share * (index + 1), step_offset, prefix)
+
+
+def progress_callback(store: Store, round_id: int, progress: Progress | None = None):
     """A TrainerCallback writing progress (training is 0.05-0.9 of a round) and every logged metric."""
     from transformers import TrainerCallback
+
+    where = progress or Progress()
 
     class ProgressCallback(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero and state.max_steps:
                 fraction = min(1.0, state.global_step / state.max_steps)
-                store.update_round(round_id, progress=round(0.05 + 0.85 * fraction, 4), heartbeat_at=now())
+                done = where.start + (where.end - where.start) * fraction
+                store.update_round(round_id, progress=round(done, 4), heartbeat_at=now())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
             numeric = {
-                k: float(v) for k, v in logs.items()
+                where.prefix + k: float(v) for k, v in logs.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
             }
             if numeric:
-                store.add_round_metrics(round_id, state.global_step, numeric)
+                store.add_round_metrics(round_id, where.step_offset + state.global_step, numeric)
 
     return ProgressCallback()
 

@@ -1,4 +1,5 @@
-"""One training round: judgments -> LoRA adapter (DPO or ORPO) -> candidate version -> gate.
+"""One training round: judgments -> LoRA adapter (DPO, ORPO, KTO, SFT, or SFT then DPO) -> candidate
+version -> gate.
 
 The life of a round, in the order the code below runs it:
 
@@ -8,10 +9,12 @@ The life of a round, in the order the code below runs it:
    in its own process, so a crash or a kill in training cannot take the annotators down.
 2. ``run_round`` (the child): snapshot the dataset (JSONL + sha256) into the round folder, load a
    fresh copy of the parent (never the shared cached one), wrap it in a LoRA adapter and train
-   with TRL. With PEFT and ``ref_model=None`` DPO's reference is the adapter-disabled model, i.e.
-   exactly the parent. Progress, per-step metrics and a heartbeat go to the database as they
-   happen. The adapter is registered atomically as a ``candidate`` version whose card names its
-   parent, method, config, data hash and size, judgment ids and metrics.
+   with TRL. With PEFT and ``ref_model=None`` DPO's (and KTO's) reference is the adapter-disabled
+   model, i.e. exactly the parent. sft-dpo trains the adapter with SFT, then continues it with
+   DPO against a frozen copy of the SFT result (the DPO paper's reference, and TRL's for a
+   trained adapter), all in this one round. Progress, per-step metrics and a heartbeat go to the
+   database as they happen. The adapter is registered atomically as a ``candidate`` version
+   whose card names its parent, method, config, data hash and size, judgment ids and metrics.
 3. Gate (prefloop.train.gate): the candidate, merged exactly as the sampler will run it, is
    judged on fresh held-out judgments of its parent's own answers: enough of them, an agreement
    rate whose 95% lower bound clears 50%, and drift guards (length, chosen log-prob, KL). The
@@ -46,7 +49,7 @@ from prefloop.engine import models
 from prefloop.engine.generation import sampling_dtype
 from prefloop.errors import PrefloopError, RoundError
 from prefloop.train import distributed, gate, recipe
-from prefloop.train.config import RoundConfig
+from prefloop.train.config import PHASES, RoundConfig
 from prefloop.train.dataset import (
     build_preference_rows,
     gate_rows,
@@ -55,6 +58,7 @@ from prefloop.train.dataset import (
     training_columns,
     window_pair_ids,
 )
+from prefloop.train.examples import build_kto_rows, build_sft_rows, label_counts
 from prefloop.train.recipe import COMPLETION_ONLY, trainer_settings, use_bf16, warmup_steps
 
 ACTIVE_STATUSES = ("pending", "running")
@@ -74,16 +78,46 @@ def round_dir(round_id: int) -> Path:
 # --------------------------------------------------------------------------------------------
 # readiness and starting
 # --------------------------------------------------------------------------------------------
+def phase_rows(store: Store, config: RoundConfig, pair_ids: list[int]) -> dict[str, list[dict]]:
+    """The rows each phase of the round's method learns from (its window's pairs), in phase order:
+    preference rows for dpo/orpo, labelled answers for kto, demonstrations for sft."""
+    out = {}
+    for phase in PHASES[config.method]:
+        if not pair_ids:
+            out[phase] = []
+        elif phase == "kto":
+            out[phase] = build_kto_rows(store, pair_ids=pair_ids)
+        elif phase == "sft":
+            out[phase] = build_sft_rows(store, chosen_margin=config.sft_chosen_margin, pair_ids=pair_ids)
+        else:
+            out[phase] = build_preference_rows(store, pair_ids=pair_ids)
+    return out
+
+
+def no_rows_reason(phase: str, config: RoundConfig) -> str:
+    """Why a phase has nothing to learn, and what would give it something."""
+    if phase == "sft":
+        margin = (f"no winning answer had a vote margin of {config.sft_chosen_margin}" if config.sft_chosen_margin
+                  else "sft_chosen_margin is 0, so winning answers are not imitated")
+        return f"no SFT rows: nobody wrote a better answer and {margin}; write better answers or set sft_chosen_margin"
+    if phase == "kto":
+        return "no KTO rows: only ties (and draws) were voted; KTO learns from a/b, both-bad, thumbs and better answers"
+    return "no preference rows to train on"
+
+
 def readiness(store: Store, config: RoundConfig | None = None) -> dict:
-    """How many new preference rows there are for the active version, and how many are needed."""
+    """How many new rows there are for the active version, and how many are needed. ``have`` is
+    the rows of the method's thinnest phase (preference rows for dpo and orpo, as always)."""
     config = config or RoundConfig()
     active = store.active_version()
     if active is None:
         raise RoundError("no active model version: run `prefloop init` (or create v0) first")
     window = window_pair_ids(store, all_judgments=config.all_judgments)
-    have = len(build_preference_rows(store, pair_ids=window)) if window else 0
+    counts = {phase: len(rows) for phase, rows in phase_rows(store, config, window).items()}
+    have = min(counts.values())
     need = config.min_new_pairs if config.min_new_pairs is not None else int(store.get_setting("min_new_pairs"))
-    return {"parent": active["name"], "pairs": len(window), "have": have, "need": need, "ready": have >= max(need, 1)}
+    return {"parent": active["name"], "pairs": len(window), "have": have, "need": need, "ready": have >= max(need, 1),
+            "rows": counts}
 
 
 def create_round(store: Store, config: RoundConfig) -> int:
@@ -94,11 +128,16 @@ def create_round(store: Store, config: RoundConfig) -> int:
     if busy:
         raise RoundError(f"round {busy[0]['id']} is still {busy[0]['status']}; wait for it to finish")
     state = readiness(store, config)
-    if state["have"] == 0:
+    empty = [phase for phase, count in state["rows"].items() if count == 0]
+    if empty and empty[0] in ("dpo", "orpo"):
         raise RoundError(
             f"no new preference rows to train {state['parent']} on: judge some pairs first "
             f"(ties and both-bad votes without a better answer do not count)"
         )
+    if empty and not state["pairs"]:
+        raise RoundError(f"no new judgments to train {state['parent']} on: judge some pairs first")
+    if empty:
+        raise RoundError(f"{no_rows_reason(empty[0], config)} (training {state['parent']})")
     if state["have"] < state["need"]:
         raise RoundError(
             f"need {state['need'] - state['have']} more pairs (have {state['have']} of {state['need']}); "
@@ -337,6 +376,8 @@ class _Heartbeat:
 
 
 def _train(store: Store, current: dict, config: RoundConfig, main: bool, settings) -> dict:
+    import dataclasses
+
     import torch
 
     clock = recipe.PhaseClock()
@@ -345,13 +386,18 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     started = time.monotonic()
     tokenizer = models.load_tokenizer(store, parent["name"])
     window = store.round_pair_ids(round_id)
-    rows, too_long = recipe.fit_prompt_length(build_preference_rows(store, pair_ids=window) if window else [], tokenizer,
-                                                 recipe.prompt_budget(store, config))
-    if not rows:
-        raise RoundError(
-            "no preference rows to train on"
-            + (f" ({too_long} left out: prompts longer than max_prompt_length)" if too_long else "")
-        )
+    phases: dict[str, list[dict]] = {}
+    too_long = 0
+    for phase, found in phase_rows(store, config, window).items():
+        kept, dropped = recipe.fit_prompt_length(found, tokenizer, recipe.prompt_budget(store, config))
+        too_long += dropped
+        if not kept:
+            raise RoundError(
+                no_rows_reason(phase, config)
+                + (f" ({dropped} left out: prompts longer than max_prompt_length)" if dropped else "")
+            )
+        phases[phase] = kept
+    rows = [row for kept in phases.values() for row in kept]
     folder = round_dir(round_id)
     _, digest = save_snapshot(rows, folder) if main else (None, None)
     span = judgment_range(rows)
@@ -366,16 +412,35 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     # parent (QLoRA); train/distributed.py.
     model = distributed.load_parent(store, parent["name"], device, config, use_bf16(config, on_gpu))
     clock.lap("load")
-    # Building the trainer tokenises the rows and, for DPO, runs the reference (parent) over them once.
-    fields = settings(config, on_gpu, folder)
-    fields["warmup_steps"] = warmup_steps(config, len(rows))
-    with recipe.completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
-        trainer = recipe.make_trainer(
-            model, tokenizer, training_columns(rows, cut_off_flags=True), config, on_gpu, store, round_id, main, fields
-        )
-        clock.lap("prepare")
-        output = trainer.train()
-        clock.lap("train")
+    names = tuple(phases)
+    phase_metrics: dict[str, dict] = {}
+    extra: dict = {}
+    steps = 0
+    for index, (phase, learned_rows) in enumerate(phases.items()):
+        # One trainer per phase; a later phase (sft-dpo's DPO) continues the adapter the earlier one trained.
+        phase_config = dataclasses.replace(config, method=phase)
+        fields = settings(phase_config, on_gpu, folder)
+        fields["warmup_steps"] = warmup_steps(config, len(learned_rows))
+        if phase == "kto":
+            weights = recipe.kto_class_weights(*label_counts(learned_rows))
+            fields.update(desirable_weight=weights["desirable_weight"], undesirable_weight=weights["undesirable_weight"])
+            extra["kto_class_weights"] = weights
+        # Building the trainer tokenises the rows and, for DPO and KTO, runs the reference over them once.
+        with recipe.completion_tokens_only(bool(fields.pop(COMPLETION_ONLY, False))):
+            trainer = recipe.make_trainer(
+                model, tokenizer, training_columns(learned_rows, cut_off_flags=True), phase_config, on_gpu, store,
+                round_id, main, fields, progress=recipe.Progress.of_phase(index, names, steps),
+            )
+            clock.lap("prepare" if len(names) == 1 else f"prepare_{phase}")
+            output = trainer.train()
+            clock.lap("train" if len(names) == 1 else f"train_{phase}")
+        steps += output.global_step
+        phase_metrics[phase] = {"rows": len(learned_rows), "train_loss": output.training_loss,
+                                "steps": output.global_step}
+        model = trainer.model
+        if index < len(names) - 1:
+            del trainer
+    recipe.drop_reference_adapter(trainer.model)
     peft_model = trainer.model
     # ZeRO-3/FSDP shard the adapter too: every rank takes part in gathering it (and, under ZeRO-3,
     # in scoring it on the held-out rows); rank 0 saves what was gathered (train/distributed.py).
@@ -391,15 +456,18 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
     store.update_round(round_id, progress=0.92)
     final = recipe.last_values(store.round_metrics(round_id))
     metrics = {
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
+        "train_loss": output.training_loss,  # the last phase's
+        "steps": steps,
         "final": final,
         "left_out_long_prompts": too_long,
-        "cut_off_answers": sum(bool(r.get("chosen_cut_off")) + bool(r.get("rejected_cut_off")) for r in rows),
+        "cut_off_answers": sum(bool(r.get(k)) for r in rows for k in ("chosen_cut_off", "rejected_cut_off", "cut_off")),
         "judgment_id_range": span,
         "window_pairs": len(window),
         "judgment_watermark": current["metrics"].get("judgment_watermark"),
+        **extra,
     }
+    if len(names) > 1:
+        metrics["phases"] = phase_metrics
     card = {
         "method": config.method,
         "round_id": round_id,
@@ -407,7 +475,8 @@ def _train(store: Store, current: dict, config: RoundConfig, main: bool, setting
         "dataset_hash": digest,
         "dataset_size": len(rows),
         "judgment_id_range": span,
-        "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final")},
+        "metrics": {k: metrics[k] for k in ("train_loss", "steps", "final", "phases", "kto_class_weights")
+                    if k in metrics},
     }
     save = sharded.save if sharded is not None else peft_model.save_pretrained
     version = models.register_adapter_version(store, parent["name"], save, card)
