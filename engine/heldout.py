@@ -63,6 +63,17 @@ def reward_margins(
     return [c - r for (c, _), (r, _) in zip(chosen, rejected)]
 
 
+def per_token_logps(
+    model, tokenizer, examples, *, finished: list[bool] | None = None, batch_size: int = 8,
+    max_length: int = MAX_LENGTH,
+) -> list[float]:
+    """Mean log-prob per answer token of each (prompt messages, completion messages) example:
+    the per-token quantity the implicit reward above (and train/gate.py's) is a difference of,
+    r(x, y) = per_token_logp_version(y) - per_token_logp_reference(y)."""
+    scored = sequence_logps(model, tokenizer, examples, batch_size, max_length, finished=finished, with_counts=True)
+    return [total / max(count, 1) for total, count in scored]
+
+
 def answer_logps(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH):
     """(summed log-prob, tokens) of each row's chosen and of its rejected answer; a cut-off answer
     (``chosen_cut_off`` / ``rejected_cut_off``) without its end-of-turn token."""
