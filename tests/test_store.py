@@ -58,7 +58,7 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 5
+    assert again.scalar("select count(*) from _sqlite_migrations") == 6
 
 
 def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):
