@@ -11,7 +11,9 @@ batch (rows with the same prompt share one prefill, engine/generation.py), then
       r(y) = log p_version(y | x) / |y|  -  log p_parent(y | x) / |y|
 
   (DPO's implicit reward against the version's parent, per token as in train/gate.py and
-  engine/heldout.py). That is the pair the current model's implicit preference model
+  engine/heldout.py, over the tokens sampled, end-of-turn left out). The version's log-probs
+  come free with the decode (``Generated.logprob``); the parent scores the same token ids in
+  one teacher-forced pass, the only extra compute active selection adds. That is the pair the current model's implicit preference model
   sigma(beta (r_i - r_j)) is most *certain* about; among k candidates it is the best-vs-worst
   pair. This is the preference-certainty half of the acquisition function of Muldrew, Hayes,
   Zhang and Barber, "Active Preference Learning for Large Language Models" (ICML 2024,
@@ -56,7 +58,7 @@ from dataclasses import dataclass, field
 from prefloop.db.settings import SETTING_RANGES
 from prefloop.db.store import SELECTIONS, Store
 from prefloop.engine import heldout, models
-from prefloop.engine.generation import live_priority, sampling_dtype
+from prefloop.engine.generation import encode_conversation, live_priority, sampling_dtype
 from prefloop.errors import ModelError
 
 __all__ = ["SELECTIONS", "Choice", "Scores", "choose", "near_identical", "score_candidates"]
@@ -173,32 +175,53 @@ def choose(
 # scoring with the weights the sampler runs
 # --------------------------------------------------------------------------------------------
 def score_candidates(store: Store, engine, version: dict, histories: list[list[dict]],
-                     candidates: list[list], *, with_parent: bool = True) -> Scores:
-    """Implicit rewards and predictive entropy of a batch's candidates (``Generated`` rows),
-    scored by the model the sampler decodes with (a torch engine) and, for r, the version's
-    parent loaded the same way (models.load_version keeps both cached). Scores() when the
-    engine has no local weights."""
-    model = getattr(engine, "model", None)
-    tokenizer = getattr(engine, "tokenizer", None)
-    if model is None or tokenizer is None:
+                     candidates: list[list]) -> Scores:
+    """Predictive entropy and implicit rewards of a batch's candidates (``Generated`` rows).
+
+    The version's own log-probs come free with the decode (``Generated.logprob``); the parent,
+    loaded like the sampler's model (models.load_version keeps both cached), scores the exact
+    token ids sampled, in one teacher-forced pass. Scores() when the engine reports no
+    log-probs (a server), entropy only when the version has no loadable parent."""
+    entropy = predictive_entropy(candidates)
+    if entropy is None:
         return Scores()
-    examples, finished, owners = [], [], []
-    for p, (messages, outputs) in enumerate(zip(histories, candidates)):
-        for out in outputs:
-            examples.append((messages, [{"role": "assistant", "content": out.text}]))
-            finished.append(out.finish_reason == "stop")
-            owners.append(p)
-    longest = max((o.prompt_tokens + o.completion_tokens for outs in candidates for o in outs), default=0)
-    max_length = max(heldout.MAX_LENGTH, longest + 16)  # score whole answers, as they were sampled
-    own = _per_token(model, tokenizer, examples, finished, max_length)
-    entropy = _by_prompt([-value for value in own], owners, len(candidates))
-    entropy = [sum(values) / len(values) for values in entropy]
-    reference = _parent_model(store, version) if with_parent else None
-    if reference is None:
+    reference = _parent_model(store, version)
+    tokenizer = getattr(engine, "tokenizer", None)
+    if reference is None or tokenizer is None:
         return Scores(entropy=entropy)
-    theirs = _per_token(reference, tokenizer, examples, finished, max_length)
-    rewards = _by_prompt([a - b for a, b in zip(own, theirs)], owners, len(candidates))
+    rewards = implicit_rewards(reference, tokenizer, histories, candidates)
     return Scores(rewards=rewards, entropy=entropy, notes={"reference": reference_name(store, version)})
+
+
+def predictive_entropy(candidates: list[list]) -> list[float] | None:
+    """Per prompt, mean over its candidates of -log p(y | x) / |y| under the sampling model."""
+    if any(g.logprob is None for group in candidates for g in group):
+        return None
+    return [-sum(_own(g) for g in group) / len(group) for group in candidates]
+
+
+def implicit_rewards(reference, tokenizer, histories: list[list[dict]], candidates: list[list]) -> list[list[float]]:
+    """Per prompt, per candidate: r = log p_version(y)/|y| - log p_reference(y)/|y|, over the
+    answer's sampled tokens (its end-of-turn token left out on both sides)."""
+    encoded, owners = [], []
+    for p, (messages, group) in enumerate(zip(histories, candidates)):
+        prompt_ids = encode_conversation(tokenizer, messages)
+        for g in group:
+            encoded.append((prompt_ids + list(g.token_ids), len(prompt_ids)))
+            owners.append(p)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    theirs: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), SCORE_BATCH):
+        if start:
+            live_priority.wait_turn()  # a live stream's next token before our next pass
+        theirs += heldout.encoded_logps(reference, encoded[start : start + SCORE_BATCH], pad, SCORE_BATCH)
+    own = [_own(g) for group in candidates for g in group]
+    values = [mine - total / max(count, 1) for mine, (total, count) in zip(own, theirs)]
+    return _by_prompt(values, owners, len(candidates))
+
+
+def _own(generated) -> float:
+    return generated.logprob / max(len(generated.token_ids), 1)
 
 
 def reference_name(store: Store, version: dict) -> str | None:
@@ -217,17 +240,6 @@ def _parent_model(store: Store, version: dict):
     except ModelError as error:
         log.warning("selection: parent %s cannot be loaded (%s): pairs fall back to dissimilarity", name, error)
         return None
-
-
-def _per_token(model, tokenizer, examples, finished, max_length) -> list[float]:
-    out: list[float] = []
-    for start in range(0, len(examples), SCORE_BATCH):
-        if start:
-            live_priority.wait_turn()  # a live stream's next token before our next pass
-        part = slice(start, start + SCORE_BATCH)
-        out += heldout.per_token_logps(model, tokenizer, examples[part], finished=finished[part],
-                                       batch_size=SCORE_BATCH, max_length=max_length)
-    return out
 
 
 def _by_prompt(values: list[float], owners: list[int], n: int) -> list[list[float]]:

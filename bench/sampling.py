@@ -18,9 +18,9 @@ as torch uses. Ratios are against the one-at-a-time baseline and against llama.c
 
 ``--candidates K`` measures issue 15's cost instead: time per queued pair when the sampler draws
 K candidates per prompt (one decode batch, a prompt's rows sharing one prefill) and scores them
-for active selection (entropy under the model, implicit reward against a parent: the bench
-scores twice with v0, which costs what a real parent of the same size costs), against today's
-two answers per prompt. Both at the sampler's batch of 32 rows, same prompts, same settings.
+for active selection (entropy from the log-probs the decode returns, implicit reward against a
+parent: the bench scores with v0 as its own parent, which costs what a real parent of the same
+size costs), against today's two answers per prompt. Both at the sampler's batch of 32 rows, same prompts, same settings.
 """
 
 from __future__ import annotations
@@ -179,16 +179,9 @@ def candidates_case(model, tokenizer, prompts, params, k: int, batch_size: int =
         return pairs, tokens, time.perf_counter() - started, time.process_time() - cpu, scoring
 
     def bench_scores(model, tokenizer, chunk, grouped):
-        from prefloop.annotate.selection import Scores, _by_prompt, _per_token
-
-        examples = [(c, [{"role": "assistant", "content": o.text}]) for c, g in zip(chunk, grouped) for o in g]
-        finished = [o.finish_reason == "stop" for g in grouped for o in g]
-        owners = [p for p, g in enumerate(grouped) for _ in g]
-        own = _per_token(model, tokenizer, examples, finished, 1024)
-        parent = _per_token(model, tokenizer, examples, finished, 1024)  # a parent of the same size
-        rewards = _by_prompt([a - b for a, b in zip(own, parent)], owners, len(chunk))
-        entropy = [sum(v) / len(v) for v in _by_prompt([-x for x in own], owners, len(chunk))]
-        return Scores(rewards=rewards, entropy=entropy)
+        entropy = selection.predictive_entropy(grouped)  # free: log-probs come with the decode
+        rewards = selection.implicit_rewards(model, tokenizer, chunk, grouped)  # a parent of the same size
+        return selection.Scores(rewards=rewards, entropy=entropy)
 
     run(2, False)  # warm-up
     today = run(2, False)
@@ -199,7 +192,7 @@ def candidates_case(model, tokenizer, prompts, params, k: int, batch_size: int =
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = today[2] / max(today[0], 1)
     for name, (pairs, tokens, wall, cpu, scoring) in (("2 answers per prompt, random (today)", today),
-                                                       (f"{k} candidates per prompt, active (scored twice)", with_k)):
+                                                       (f"{k} candidates per prompt, active (parent pass)", with_k)):
         per_pair = wall / max(pairs, 1)
         print(f"| {name} | {pairs} | {tokens} | {wall:.1f} | {cpu:.1f} | {scoring:.1f} | {per_pair:.2f} "
               f"| {per_pair / base:.2f}x |")

@@ -63,17 +63,6 @@ def reward_margins(
     return [c - r for (c, _), (r, _) in zip(chosen, rejected)]
 
 
-def per_token_logps(
-    model, tokenizer, examples, *, finished: list[bool] | None = None, batch_size: int = 8,
-    max_length: int = MAX_LENGTH,
-) -> list[float]:
-    """Mean log-prob per answer token of each (prompt messages, completion messages) example:
-    the per-token quantity the implicit reward above (and train/gate.py's) is a difference of,
-    r(x, y) = per_token_logp_version(y) - per_token_logp_reference(y)."""
-    scored = sequence_logps(model, tokenizer, examples, batch_size, max_length, finished=finished, with_counts=True)
-    return [total / max(count, 1) for total, count in scored]
-
-
 def answer_logps(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH):
     """(summed log-prob, tokens) of each row's chosen and of its rejected answer; a cut-off answer
     (``chosen_cut_off`` / ``rejected_cut_off``) without its end-of-turn token."""
@@ -91,16 +80,23 @@ def sequence_logps(
 ) -> list:
     """Summed log-probability of each completion given its prompt (chat template applied), no grad;
     ``(sum, tokens)`` pairs with ``with_counts``. ``finished[i]`` False: no end-of-turn token."""
-    import torch
-
     finished = finished or [True] * len(examples)
     encoded = [_encode(tokenizer, prompt, completion, max_length, done)
                for (prompt, completion), done in zip(examples, finished)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = encoded_logps(model, encoded, pad, batch_size)
+    return out if with_counts else [value for value, _ in out]
+
+
+def encoded_logps(model, encoded: list[tuple[list[int], int]], pad: int, batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed log-prob, tokens) of rows already encoded as (token ids, completion start), no grad,
+    in the caller's order (e.g. a sampled answer's exact token ids, annotate/selection.py)."""
+    import torch
+
     # Batches of similar length waste little on padding; results go back in the caller's order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list = [0.0] * len(encoded)
+    out: list = [(0.0, 0)] * len(encoded)
     was_training = model.training
     model.eval()
     try:
@@ -109,7 +105,7 @@ def sequence_logps(
                 indices = order[start : start + batch_size]
                 sums, counts = batch_logps(model, [encoded[i] for i in indices], pad, device)
                 for i, value, count in zip(indices, sums.tolist(), counts.tolist()):
-                    out[i] = (value, int(count)) if with_counts else value
+                    out[i] = (value, int(count))
     finally:
         model.train(was_training)
     return out

@@ -129,11 +129,12 @@ def test_active_picks_the_pair_with_the_widest_implicit_reward_margin(loop, spy)
     policy, tokenizer = models.load_version(store, "v1", device=device, dtype=generation.sampling_dtype(device))
     parent, _ = models.load_version(store, "v0", device=device, dtype=generation.sampling_dtype(device))
 
-    def reward(messages, out):
-        example = [(messages, [{"role": "assistant", "content": out.text}])]
-        done = [out.finish_reason == "stop"]
-        (lp, n), = heldout.sequence_logps(policy, tokenizer, example, finished=done, with_counts=True)
-        (lr, _), = heldout.sequence_logps(parent, tokenizer, example, finished=done, with_counts=True)
+    def reward(messages, out):  # teacher-forced under both models, one answer at a time
+        prompt_ids = generation.encode_conversation(tokenizer, messages)
+        row = [(prompt_ids + out.token_ids, len(prompt_ids))]
+        (lp, n), = heldout.encoded_logps(policy, row, tokenizer.pad_token_id)
+        (lr, _), = heldout.encoded_logps(parent, row, tokenizer.pad_token_id)
+        assert out.logprob == pytest.approx(lp, abs=1e-3)  # the decode's own log-prob is the model's
         return (lp - lr) / max(n, 1)
 
     stored = {frozenset(texts_of(store, p)): store.pair(p) for p in pair_ids}
