@@ -185,13 +185,14 @@ def sample_pairs(
                 pair_ids.append(store.add_single(prompt["id"], generation, purpose=purpose))
         else:
             grouped = [outputs[i * len(slots) : (i + 1) * len(slots)] for i in range(len(chunk))]
-            scores = None
-            if method == "active":
-                scores = choosing.score_candidates(store, engine, row, [m for m, _ in histories], grouped)
             rngs = [random.Random(derive_seed(base, p["id"], "selection")) for p in chunk]
+            randoms = choosing.draw_random(rngs, method=method, random_share=random_share, prompt_share=prompt_share)
+            scores = None
+            if method == "active" and not all(randoms):
+                scores = choosing.score_candidates(store, engine, row, [m for m, _ in histories], grouped, randoms)
             chosen = choosing.choose(
                 [[g.text for g in group] for group in grouped], rngs, method=method, scores=scores,
-                random_share=random_share, prompt_share=prompt_share,
+                randoms=randoms,
             )
             dropped += len(chunk) - len(chosen)
             for choice in chosen:

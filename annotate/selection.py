@@ -94,7 +94,7 @@ def distinct_pairs(texts: list[str]) -> list[tuple[int, int]]:
 class Scores:
     """What the model says about one batch's candidates; None where it cannot say."""
 
-    rewards: list[list[float]] | None = None  # per prompt, per candidate: implicit reward r
+    rewards: list[list[float] | None] | None = None  # per prompt (None: not scored), per candidate: r
     entropy: list[float] | None = None  # per prompt: H(x) estimated from its candidates
     notes: dict = field(default_factory=dict)
 
@@ -118,6 +118,15 @@ def random_probability(random_share: float, prompt_share: float) -> float:
     return rho * s / (1 - rho + rho * s)
 
 
+def draw_random(rngs: list[random.Random], *, method: str, random_share: float = 0.25,
+                prompt_share: float = 1.0) -> list[bool]:
+    """Which prompts get a random pair: one draw from each prompt's own seeded generator (so a
+    prompt's draw never depends on its batch mates). Drawn before scoring: random prompts are
+    not scored."""
+    q = 1.0 if method == "random" else random_probability(random_share, prompt_share)
+    return [rng.random() < q for rng in rngs]
+
+
 def choose(
     candidates: list[list[str]],
     rngs: list[random.Random],
@@ -126,28 +135,30 @@ def choose(
     scores: Scores | None = None,
     random_share: float = 0.25,
     prompt_share: float = 1.0,
+    randoms: list[bool] | None = None,
 ) -> list[Choice]:
     """The pairs to queue for a batch: at most one per prompt, in prompt order.
 
     ``candidates[p]``: the k answer texts of prompt p; ``rngs[p]``: that prompt's own seeded
-    generator (so its draw never depends on its batch mates). ``method`` "random": every
-    prompt gets a random distinct pair. "active": see the module docstring.
+    generator; ``randoms``: ``draw_random``'s answer when the caller drew it already (to skip
+    scoring those prompts). ``method`` "random": every prompt gets a random distinct pair.
+    "active": see the module docstring.
     """
     scores = scores or Scores()
-    q = 1.0 if method == "random" else random_probability(random_share, prompt_share)
+    if randoms is None:
+        randoms = draw_random(rngs, method=method, random_share=random_share, prompt_share=prompt_share)
     chosen: list[Choice] = []
     active: list[tuple[float, Choice]] = []
     for p, texts in enumerate(candidates):
         valid = distinct_pairs(texts)
-        draw = rngs[p].random()  # drawn for every prompt, so one prompt's rolls never shift another's
         if not valid:
             continue  # every candidate near-identical to every other: nothing to judge
-        if draw < q:
+        if randoms[p]:
             pair = valid[rngs[p].randrange(len(valid))]
             lineage = {"method": "random", "k": len(texts), "criterion": "uniform", "score": None}
             chosen.append(Choice(p, pair, lineage))
             continue
-        if scores.rewards is not None:
+        if scores.rewards is not None and scores.rewards[p] is not None:
             r = scores.rewards[p]
             criterion = "implicit_reward_margin"
             pair_score = {pair: abs(r[pair[0]] - r[pair[1]]) for pair in valid}
@@ -175,13 +186,14 @@ def choose(
 # scoring with the weights the sampler runs
 # --------------------------------------------------------------------------------------------
 def score_candidates(store: Store, engine, version: dict, histories: list[list[dict]],
-                     candidates: list[list]) -> Scores:
+                     candidates: list[list], skip: list[bool] | None = None) -> Scores:
     """Predictive entropy and implicit rewards of a batch's candidates (``Generated`` rows).
 
     The version's own log-probs come free with the decode (``Generated.logprob``); the parent,
     loaded like the sampler's model (models.load_version keeps both cached), scores the exact
     token ids sampled, in one teacher-forced pass. Scores() when the engine reports no
-    log-probs (a server), entropy only when the version has no loadable parent."""
+    log-probs (a server), entropy only when the version has no loadable parent. Prompts with
+    ``skip[p]`` (random draws) get no parent pass."""
     entropy = predictive_entropy(candidates)
     if entropy is None:
         return Scores()
@@ -189,7 +201,11 @@ def score_candidates(store: Store, engine, version: dict, histories: list[list[d
     tokenizer = getattr(engine, "tokenizer", None)
     if reference is None or tokenizer is None:
         return Scores(entropy=entropy)
-    rewards = implicit_rewards(reference, tokenizer, histories, candidates)
+    keep = [p for p in range(len(candidates)) if not (skip and skip[p])]
+    scored = implicit_rewards(reference, tokenizer, [histories[p] for p in keep], [candidates[p] for p in keep])
+    rewards: list[list[float] | None] = [None] * len(candidates)
+    for p, values in zip(keep, scored):
+        rewards[p] = values
     return Scores(rewards=rewards, entropy=entropy, notes={"reference": reference_name(store, version)})
 
 

@@ -168,19 +168,26 @@ def candidates_case(model, tokenizer, prompts, params, k: int, batch_size: int =
             outs = generate(model, tokenizer, rows, params, seeds, batch_size=batch_size)
             tokens += sum(o.completion_tokens for o in outs)
             grouped = [outs[i : i + per_prompt] for i in range(0, len(outs), per_prompt)]
+            rngs = [random.Random(f"{start}:{i}") for i in range(len(chunk))]
+            method = "active" if score else "random"
+            randoms = selection.draw_random(rngs, method=method)  # random_pair_share 0.25
             scores = None
             if score:
                 began = time.perf_counter()
-                scores = bench_scores(model, tokenizer, chunk, grouped)
+                scores = bench_scores(model, tokenizer, chunk, grouped, randoms)
                 scoring += time.perf_counter() - began
-            chosen = selection.choose([[o.text for o in g] for g in grouped], [random.Random(i) for i in range(len(chunk))],
-                                      method="active" if score else "random", scores=scores)
+            chosen = selection.choose([[o.text for o in g] for g in grouped], rngs, method=method, scores=scores,
+                                      randoms=randoms)
             pairs += len(chosen)
         return pairs, tokens, time.perf_counter() - started, time.process_time() - cpu, scoring
 
-    def bench_scores(model, tokenizer, chunk, grouped):
+    def bench_scores(model, tokenizer, chunk, grouped, randoms):
         entropy = selection.predictive_entropy(grouped)  # free: log-probs come with the decode
-        rewards = selection.implicit_rewards(model, tokenizer, chunk, grouped)  # a parent of the same size
+        keep = [p for p in range(len(chunk)) if not randoms[p]]  # random draws are not scored
+        scored = selection.implicit_rewards(model, tokenizer, [chunk[p] for p in keep], [grouped[p] for p in keep])
+        rewards = [None] * len(chunk)
+        for p, values in zip(keep, scored):
+            rewards[p] = values  # v0 as its own parent: the cost of a parent of the same size
         return selection.Scores(rewards=rewards, entropy=entropy)
 
     run(2, False)  # warm-up

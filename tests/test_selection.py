@@ -318,3 +318,19 @@ def test_judgment_export_and_import_carry_the_lineage(loop, tmp_path):
     other.import_judgment_records([record])
     assert other.scalar("select selection from pairs") is not None
     assert other.pair(1)["selection"] == pair["selection"]
+
+
+def test_random_draws_are_not_scored(loop, monkeypatch):
+    """The parent pass is the one cost active selection adds; prompts drawn for a random pair skip it."""
+    store = loop
+    make_v1(store)
+    store.set_setting("selection", "active")
+    store.set_setting("random_pair_share", 1.0)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a random draw was scored")
+
+    monkeypatch.setattr(selection, "implicit_rewards", no_pass)
+    pair_ids = sample_pairs(store, "v1", n_prompts=4, seed=8)
+    assert pair_ids and all(store.pair(p)["selection"]["method"] == "random" for p in pair_ids)
+    assert all(store.pair(p)["selection"]["k"] == 4 for p in pair_ids)
