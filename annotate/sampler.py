@@ -38,7 +38,7 @@ from prefloop.errors import SamplerError
 
 log = logging.getLogger("prefloop.sampler")
 
-DEFAULT_BATCH_SIZE = 32  # rows decoded together (two per prompt); bench/sampling.py: 32 beat 16 by 1.3x, 64 no better
+DEFAULT_BATCH_SIZE = 32  # rows decoded together (two per prompt, k under active selection); bench/sampling.py: 32 beat 16 by 1.3x, 64 no better
 DEFAULT_N_PROMPTS = 8
 
 Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
