@@ -61,7 +61,11 @@ from prefloop.engine import heldout, models
 from prefloop.engine.generation import encode_conversation, live_priority, sampling_dtype
 from prefloop.errors import ModelError
 
-__all__ = ["SELECTIONS", "Choice", "Scores", "choose", "near_identical", "score_candidates"]
+__all__ = [
+    "MAX_CANDIDATES", "NEAR_IDENTICAL_RATIO", "SELECTIONS", "Choice", "Scores", "choose", "dissimilarity",
+    "distinct_pairs", "draw_random", "implicit_rewards", "near_identical", "predictive_entropy",
+    "random_probability", "score_candidates",
+]
 
 log = logging.getLogger("prefloop.selection")
 
