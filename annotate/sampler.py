@@ -3,8 +3,10 @@
 Three producers, one rule: every generation row names the version, the sampling settings and
 the seed that produced it, so any judgment can be replayed.
 
-- ``sample_pairs``: two responses per prompt from one version (two seeds). Pairs whose responses
-  are (nearly) the same teach nothing and waste an annotator's time, so they are dropped.
+- ``sample_pairs``: two responses per prompt from one version (two seeds), or under active
+  selection k candidates per prompt of which one pair is queued (annotate/selection.py says
+  which, and every such pair records how it was chosen). Pairs whose responses are (nearly) the
+  same teach nothing and waste an annotator's time, so they are never queued.
 - ``sample_battle_pairs``: one response from each of two versions, for blind arena battles.
 - ``QueueFiller``: a daemon thread keeping ``queue_target`` train pairs ready for the active
   version, so an annotator never waits; it follows promotions without a restart.
@@ -15,12 +17,13 @@ Many prompts share one batched decode (engine/generation.py), which is where the
 
 from __future__ import annotations
 
-import difflib
 import logging
 import random
 import threading
 from typing import Callable, Iterator
 
+from prefloop.annotate import selection as choosing
+from prefloop.annotate.selection import NEAR_IDENTICAL_RATIO, near_identical  # noqa: F401 - their old home
 from prefloop.db.store import Store
 from prefloop.engine.engines import open_engine
 from prefloop.engine.generation import (
@@ -35,8 +38,7 @@ from prefloop.errors import SamplerError
 
 log = logging.getLogger("prefloop.sampler")
 
-NEAR_IDENTICAL_RATIO = 0.9  # difflib similarity at or above which two responses count as the same
-DEFAULT_BATCH_SIZE = 32  # rows decoded together (two per prompt); bench/sampling.py: 32 beat 16 by 1.3x, 64 no better
+DEFAULT_BATCH_SIZE = 32  # rows decoded together (two per prompt, k under active selection); bench/sampling.py: 32 beat 16 by 1.3x, 64 no better
 DEFAULT_N_PROMPTS = 8
 
 Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
@@ -45,15 +47,6 @@ Progress = Callable[[int, int], None]  # progress(done_prompts, total_prompts)
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def near_identical(text_a: str, text_b: str, threshold: float = NEAR_IDENTICAL_RATIO) -> bool:
-    """Same text after normalising case and whitespace, or difflib ratio >= threshold."""
-    a, b = (" ".join(t.lower().split()) for t in (text_a, text_b))
-    if a == b:
-        return True
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
-
-
 def conversation(prompt: dict) -> list[dict]:
     """Chat messages of a stored prompt (its messages, or its text as one user turn)."""
     return prompt.get("messages") or [{"role": "user", "content": prompt["text"]}]
@@ -135,17 +128,36 @@ def sample_pairs(
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     single: bool = False,
+    selection: str | None = None,
+    candidates: int | None = None,
 ) -> list[int]:
-    """Sample two responses per prompt from ``version`` and queue them as pairs (one response,
-    queued as a thumbs item, with ``single``).
+    """Sample responses per prompt from ``version`` and queue one pair per prompt (one
+    response, queued as a thumbs item, with ``single``).
+
+    ``selection`` (default: the setting) "random": two responses, queued as sampled. "active"
+    (train pairs on train prompts only; anything else stays random): ``candidates`` (default:
+    the ``candidates_per_prompt`` setting) responses per prompt in the same decode batch, one
+    pair chosen by annotate/selection.py; with ``active_prompt_share`` below 1, prompts the
+    sampler picked itself (not ``prompt_ids``) may get no pair. Train pairs record how they
+    were chosen (``pairs.selection``).
 
     Prompts are ``prompt_ids`` or the ``n_prompts`` of ``split`` with the fewest pairs from this
-    version. Returns the ids of the pairs stored; near-identical pairs are dropped (not stored).
+    version. Returns the ids of the pairs stored; near-identical pairs are never stored.
     Pairs are stored after each batch, so an annotator can start before a long run ends.
     """
 
     row = store.require_version(version)
     params = _params(store, params)
+    method = selection or store.get_setting("selection")
+    if method not in choosing.SELECTIONS:
+        raise SamplerError(f"selection must be one of {', '.join(choosing.SELECTIONS)}, not {method!r}")
+    if single or split != "train" or purpose != "train":
+        method = "random"  # gate evidence, battles, live and thumbs items are never chosen
+    k = int(candidates or store.get_setting("candidates_per_prompt")) if method == "active" else 2
+    if not 2 <= k <= choosing.MAX_CANDIDATES:
+        raise SamplerError(f"candidates per prompt must be from 2 to {choosing.MAX_CANDIDATES}, not {k}")
+    random_share = float(store.get_setting("random_pair_share"))
+    prompt_share = 1.0 if prompt_ids is not None else float(store.get_setting("active_prompt_share"))
     prompts = _pick_prompts(
         store, prompt_ids, lambda n: store.prompts_needing_pairs(row["id"], split, n), n_prompts
     )
@@ -155,7 +167,8 @@ def sample_pairs(
         progress(0, len(prompts))  # the bar starts with the work (loading the model included)
     base = _base_seed(seed)
     engine = open_engine(store, row["name"])  # the `engine` setting: torch loop or a vLLM server
-    slots = ("a",) if single else ("a", "b")
+    # "a", "b" as before issue 15, so random selection samples exactly what it always did
+    slots = ("a",) if single else ("a", "b", *(f"c{i}" for i in range(2, k)))
     per_batch = max(1, batch_size // len(slots))
     pair_ids: list[int] = []
     dropped = 0
@@ -164,29 +177,41 @@ def sample_pairs(
         histories = [fitted(store, engine, conversation(p)) for p in chunk]
         conversations = [messages for messages, _ in histories for _ in slots]
         seeds = [derive_seed(base, p["id"], slot) for p in chunk for slot in slots]
-        outputs = engine.generate(conversations, params, seeds, batch_size=batch_size)
-        for i, prompt in enumerate(chunk):
-            cut = histories[i][1]
-            if single:
-                generation = _generation_row(row["id"], outputs[i], params, engine, cut)
+        # one decode batch: a prompt's k rows share one prefill (engine/generation.py, Decoding)
+        outputs = engine.generate(conversations, params, seeds, batch_size=max(batch_size, len(slots)))
+        if single:
+            for i, prompt in enumerate(chunk):
+                generation = _generation_row(row["id"], outputs[i], params, engine, histories[i][1])
                 pair_ids.append(store.add_single(prompt["id"], generation, purpose=purpose))
-                continue
-            first, second = outputs[2 * i], outputs[2 * i + 1]
-            if near_identical(first.text, second.text):
-                dropped += 1
-                continue
-            pair_ids.append(
-                store.add_pair(
-                    prompt["id"],
-                    _generation_row(row["id"], first, params, engine, cut),
-                    _generation_row(row["id"], second, params, engine, cut),
-                    purpose=purpose,
-                )
+        else:
+            grouped = [outputs[i * len(slots) : (i + 1) * len(slots)] for i in range(len(chunk))]
+            rngs = [random.Random(derive_seed(base, p["id"], "selection")) for p in chunk]
+            randoms = choosing.draw_random(rngs, method=method, random_share=random_share, prompt_share=prompt_share)
+            scores = None
+            if method == "active" and not all(randoms):
+                scores = choosing.score_candidates(store, engine, row, [m for m, _ in histories], grouped, randoms)
+            chosen = choosing.choose(
+                [[g.text for g in group] for group in grouped], rngs, method=method, scores=scores,
+                randoms=randoms,
             )
+            dropped += len(chunk) - len(chosen)
+            for choice in chosen:
+                prompt, cut = chunk[choice.prompt_index], histories[choice.prompt_index][1]
+                first, second = (grouped[choice.prompt_index][i] for i in choice.pair)
+                pair_ids.append(
+                    store.add_pair(
+                        prompt["id"],
+                        _generation_row(row["id"], first, params, engine, cut),
+                        _generation_row(row["id"], second, params, engine, cut),
+                        purpose=purpose,
+                        selection=choice.lineage if purpose == "train" and split == "train" else None,
+                    )
+                )
         if progress:
             progress(min(start + per_batch, len(prompts)), len(prompts))
     if dropped:
-        log.info("%s: dropped %d near-identical pair(s) of %d", row["name"], dropped, len(prompts))
+        log.info("%s: %d of %d prompt(s) not queued (near-identical answers, or not chosen)",
+                 row["name"], dropped, len(prompts))
     return pair_ids
 
 

@@ -6,7 +6,7 @@
 The file is JSONL: a header line ``{"format": "prefloop-judgments", "version": 1}``, then one
 judgment a line with everything needed to trace it, by *names and texts*, never row ids: the
 prompt (text, chat messages, kind, source, split), the pair (purpose, gold answer, judgments
-wanted, created_at), both generations (version name, sampling params, seed, text, token counts,
+wanted, created_at, mode, and ``selection``: how the sampler chose it, annotate/selection.py), both generations (version name, sampling params, seed, text, token counts,
 finish reason, latency, created_at), the generation shown on the left ("a"/"b"), the annotator's
 *name* (never a password hash), the choice, reasons, comment, better answer, elapsed ms and
 created_at.
@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from prefloop.annotate import auth
-from prefloop.db.store import CHOICES, PAIR_MODES, PAIR_PURPOSES, SPLITS, THUMBS, Store, loads
+from prefloop.db.store import CHOICES, PAIR_MODES, PAIR_PURPOSES, SELECTIONS, SPLITS, THUMBS, Store, loads
 from prefloop.errors import PrefloopError, TransferError
 from prefloop.safetext import first_control, validate_version_name
 
 FORMAT = "prefloop-judgments"
 FORMAT_VERSION = 1
 HEADER = {"format": FORMAT, "version": FORMAT_VERSION}
+MAX_SELECTION_CHARS = 4_000  # a pair's selection lineage: a few numbers and names
 MAX_TEXT_CHARS = 200_000  # far above any prompt or generation we store; a guard against junk
 GENERATION_FIELDS = ("version", "text", "params", "seed", "prompt_tokens", "completion_tokens",
                      "finish_reason", "latency_ms", "created_at")
@@ -64,6 +65,7 @@ def judgment_records(store: Store) -> list[dict]:
                 "judgments_wanted": row["judgments_wanted"],
                 "created_at": row["pair_created_at"],
                 "mode": row["mode"],
+                "selection": loads(row["selection"]),  # how the sampler chose the pair; null before m006
             },
             **{
                 f"generation_{s}": {
@@ -214,6 +216,12 @@ def check_record(r: Any) -> dict:
     _timestamp(pair.get("created_at"), "pair.created_at")
     mode = pair.get("mode", "pair")  # records written before thumbs existed have no mode
     _one_of(mode, "pair.mode", PAIR_MODES)
+    selection = pair.get("selection")  # records written before issue 15 have none
+    if selection is not None:
+        _require(selection, "pair.selection", dict)
+        _one_of(selection.get("method"), "pair.selection.method", SELECTIONS)
+        if len(json.dumps(selection)) > MAX_SELECTION_CHARS:
+            raise _Invalid(f"pair.selection is longer than {MAX_SELECTION_CHARS:,} characters")
     sides = ("generation_a", "generation_b") if mode == "pair" else ("generation_a",)
     if mode == "single" and r.get("generation_b") is not None:
         raise _Invalid("a single (thumbs) item has no generation_b")

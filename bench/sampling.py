@@ -5,6 +5,7 @@ and, where ``llama-cpp-python`` is installed, llama.cpp on the same GGUF file.
     python bench/sampling.py --threads 1 --prompts 32 --max-new-tokens 96 --batch-sizes 1,16,32,64 --dtypes float32,bfloat16
     python bench/sampling.py --prompts 4 --max-new-tokens 16 --batch-sizes 8   # a quick check
     OMP_NUM_THREADS=1 py-spy record -r 200 -o profile.svg -- python bench/sampling.py --threads 1 --skip-baselines
+    python bench/sampling.py --candidates 4 --threads 1 --prompts 16 --max-new-tokens 96 --dtypes bfloat16
 
 Uses v0 from $PREFLOOP_HOME when it exists, otherwise converts the bundled GGUF into a temporary
 home (about 20 s). Every row samples (temperature 0.9, top_p 0.95) and stops at end-of-turn or
@@ -14,6 +15,12 @@ on the same prompt token ids with the same settings and max_new_tokens: HF ``gen
 response at a time (what a naive sampler does), batched HF ``generate``, and llama.cpp
 single-stream on the very GGUF file v0 was converted from (Q4_1 weights), with as many threads
 as torch uses. Ratios are against the one-at-a-time baseline and against llama.cpp.
+
+``--candidates K`` measures issue 15's cost instead: time per queued pair when the sampler draws
+K candidates per prompt (one decode batch, a prompt's rows sharing one prefill) and scores them
+for active selection (entropy from the log-probs the decode returns, implicit reward against a
+parent: the bench scores with v0 as its own parent, which costs what a real parent of the same
+size costs), against today's two answers per prompt. Both at the sampler's batch of 32 rows, same prompts, same settings.
 """
 
 from __future__ import annotations
@@ -142,6 +149,66 @@ def ours(model, tokenizer, conversations, params, batch_size: int) -> tuple[int,
     return sum(o.completion_tokens for o in outs), time.perf_counter() - started
 
 
+def candidates_case(model, tokenizer, prompts, params, k: int, batch_size: int = 32) -> None:
+    """Seconds per queued pair: two answers per prompt (today) vs k candidates + active scoring."""
+    import random
+
+    from prefloop.annotate import selection
+    from prefloop.engine.generation import generate
+
+    def run(per_prompt: int, score: bool):
+        cpu, started = time.process_time(), time.perf_counter()
+        per_batch = max(1, batch_size // per_prompt)
+        pairs = tokens = 0
+        scoring = 0.0
+        for start in range(0, len(prompts), per_batch):
+            chunk = prompts[start : start + per_batch]
+            rows = [c for c in chunk for _ in range(per_prompt)]
+            seeds = [hash((start, i)) % 2**31 for i in range(len(rows))]
+            outs = generate(model, tokenizer, rows, params, seeds, batch_size=batch_size)
+            tokens += sum(o.completion_tokens for o in outs)
+            grouped = [outs[i : i + per_prompt] for i in range(0, len(outs), per_prompt)]
+            rngs = [random.Random(f"{start}:{i}") for i in range(len(chunk))]
+            method = "active" if score else "random"
+            randoms = selection.draw_random(rngs, method=method)  # random_pair_share 0.25
+            scores = None
+            if score:
+                began = time.perf_counter()
+                scores = bench_scores(model, tokenizer, chunk, grouped, randoms)
+                scoring += time.perf_counter() - began
+            chosen = selection.choose([[o.text for o in g] for g in grouped], rngs, method=method, scores=scores,
+                                      randoms=randoms)
+            pairs += len(chosen)
+        return pairs, tokens, time.perf_counter() - started, time.process_time() - cpu, scoring
+
+    def bench_scores(model, tokenizer, chunk, grouped, randoms):
+        entropy = selection.predictive_entropy(grouped)  # free: log-probs come with the decode
+        keep = [p for p in range(len(chunk)) if not randoms[p]]  # random draws are not scored
+        scored = selection.implicit_rewards(model, tokenizer, [chunk[p] for p in keep], [grouped[p] for p in keep])
+        rewards = [None] * len(chunk)
+        for p, values in zip(keep, scored):
+            rewards[p] = values  # v0 as its own parent: the cost of a parent of the same size
+        return selection.Scores(rewards=rewards, entropy=entropy)
+
+    run(2, False)  # warm-up
+    today = run(2, False)
+    with_k = run(k, True)
+    print()
+    print(f"| sampling ({len(prompts)} prompts, batch {batch_size} rows, {params.max_new_tokens} new tokens) "
+          "| pairs queued | tokens | wall s | CPU s | of which scoring s | wall s per pair | vs today |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = today[2] / max(today[0], 1)
+    for name, (pairs, tokens, wall, cpu, scoring) in (("2 answers per prompt, random (today)", today),
+                                                       (f"{k} candidates per prompt, active (parent pass)", with_k)):
+        per_pair = wall / max(pairs, 1)
+        print(f"| {name} | {pairs} | {tokens} | {wall:.1f} | {cpu:.1f} | {scoring:.1f} | {per_pair:.2f} "
+              f"| {per_pair / base:.2f}x |")
+    q = selection.random_probability(0.25, 0.5)
+    share = q + (1 - q) * 0.5  # prompts that get a pair at active_prompt_share 0.5, random_pair_share 0.25
+    half = with_k[2] / max(with_k[0] * share, 1)
+    print(f"(at active_prompt_share 0.5 a batch queues {share:.0%} of its prompts: about {half / base:.2f}x today)")
+
+
 def timed(run, *args) -> tuple[int, float, float]:
     """(tokens, wall seconds, CPU seconds of this process). On a CPU shared with other busy
     processes wall time is noisy; CPU time (all threads of this process) is a steadier measure
@@ -184,13 +251,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice). On a busy "
                         "shared CPU use 1: OpenMP threads that wait for each other can be 10-100x slower.")
     parser.add_argument("--skip-baselines", action="store_true", help="only our loop (for profiling)")
+    parser.add_argument("--candidates", type=int, help="measure k candidates per prompt + active scoring "
+                        "against today's two answers per prompt (issue 15), and nothing else")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
 
-    model, tokenizer = open_v0()
     params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=args.max_new_tokens)
+    if args.candidates:
+        dtype = getattr(torch, args.dtypes.split(",")[0].strip())
+        model, tokenizer = open_v0(dtype)
+        print(f"device={next(model.parameters()).device} torch_threads={threads} dtype={dtype}", flush=True)
+        candidates_case(model, tokenizer, load_prompts(args.prompts), params, args.candidates)
+        return
+    model, tokenizer = open_v0()
     conversations = [c for c in load_prompts(args.prompts) for _ in range(2)]  # a pair per prompt
     print(f"device={next(model.parameters()).device} torch_threads={threads} "
           f"rows={len(conversations)} max_new_tokens={args.max_new_tokens}", flush=True)

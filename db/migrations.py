@@ -270,3 +270,11 @@ def m005_thumbs_and_conversations(db: sqlite_utils.Database) -> None:
     db["pairs"].transform(not_null={"generation_b_id": False})
     db["prompts"].add_column("parent_pair_id", int, fk="pairs", fk_col="id")
     db["prompts"].add_column("followups", str)
+
+
+@migrations()
+def m006_pair_selection(db: sqlite_utils.Database) -> None:
+    """How the sampler chose each queued pair (issue 15), as JSON lineage in ``pairs.selection``:
+    ``{"method": "random" | "active", "k": candidates sampled, "criterion": ..., "score": ...}``.
+    Null on pairs made before this migration, on battles, gold, live pairs and singles."""
+    db["pairs"].add_column("selection", str)

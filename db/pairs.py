@@ -37,8 +37,10 @@ class PairQueries(Connection):
         judgments_wanted: int | None = None,
         gold_choice: str | None = None,
         created_by: int | None = None,
+        selection: dict | None = None,
     ) -> int:
-        """Insert a pair; generations may be given as ids or as dicts to insert in the same transaction."""
+        """Insert a pair; generations may be given as ids or as dicts to insert in the same transaction.
+        ``selection``: how the sampler chose this pair (lineage; annotate/selection.py)."""
         if purpose not in PAIR_PURPOSES:
             raise StoreError(f"purpose must be one of {', '.join(PAIR_PURPOSES)}")
         if gold_choice is not None and gold_choice not in CHOICES:
@@ -50,7 +52,7 @@ class PairQueries(Connection):
                 for g in (generation_a, generation_b)
             ]
             return insert_pair(db, prompt_id, ids, purpose=purpose, judgments_wanted=wanted,
-                               gold_choice=gold_choice, created_by=created_by)
+                               gold_choice=gold_choice, created_by=created_by, selection=selection)
 
     def add_single(
         self, prompt_id: int, generation: dict | int, purpose: str = "train",
@@ -72,8 +74,11 @@ class PairQueries(Connection):
         return row
 
     def pair(self, pair_id: int) -> dict | None:
-        """A pair with its prompt and both generations' text and versions."""
-        return self.row(PAIR_SELECT + " where x.id = ?", [pair_id])
+        """A pair with its prompt and both generations' text and versions (``selection`` decoded)."""
+        row = self.row(PAIR_SELECT + " where x.id = ?", [pair_id])
+        if row is not None:
+            row["selection"] = loads(row.get("selection"))
+        return row
 
     def queued_pairs(self, version_id: int, purpose: str = "train") -> int:
         """Open pairs from one version that still want judgments: the sampler's queue length."""

@@ -100,15 +100,17 @@ def insert_prompt(db: sqlite_utils.Database, prompt: dict, *, default_source: st
 
 def insert_pair(db: sqlite_utils.Database, prompt_id: int, generation_ids: list[int | None], *, purpose: str,
                 judgments_wanted: int, gold_choice: str | None = None, status: str = "open",
-                created_by: int | None = None, created_at: str | None = None) -> int:
-    """A pair of two generations, or a single (thumbs) item when the second id is None."""
+                created_by: int | None = None, created_at: str | None = None,
+                selection: dict | None = None) -> int:
+    """A pair of two generations, or a single (thumbs) item when the second id is None.
+    ``selection``: how the sampler chose it (lineage, stored as JSON; annotate/selection.py)."""
     mode = "pair" if generation_ids[1] is not None else "single"
     cursor = db.execute(
         "insert into pairs (prompt_id, generation_a_id, generation_b_id, purpose, judgments_wanted, "
-        "judgments_count, gold_choice, status, created_by, created_at, mode) "
-        "values (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        "judgments_count, gold_choice, status, created_by, created_at, mode, selection) "
+        "values (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
         [prompt_id, generation_ids[0], generation_ids[1], purpose, judgments_wanted, gold_choice,
-         status, created_by, created_at or now(), mode],
+         status, created_by, created_at or now(), mode, dumps(selection) if selection else None],
     )
     return cursor.lastrowid
 

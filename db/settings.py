@@ -15,7 +15,7 @@ from prefloop.db.connection import (
     dumps,
     loads,
 )
-from prefloop.db.vocab import CONTINUATION
+from prefloop.db.vocab import CONTINUATION, SELECTIONS
 from prefloop.errors import StoreError
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -44,6 +44,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "history_token_budget": 384,
     # who decodes: {"kind": "torch"} (the built-in loop) or {"kind": "vllm", "url": ...}; engine/engines.py
     "engine": {"kind": "torch"},
+    # what the sampler queues (annotate/selection.py, README "Choosing what people judge")
+    "selection": "random",  # random | active; random until a measurement shows active needs fewer judgments
+    "candidates_per_prompt": 4,  # answers sampled per prompt in one decode batch under active selection
+    "random_pair_share": 0.25,  # share of queued train pairs still chosen at random: unbiased evaluation data
+    # under active selection, the share of a batch's (non-random) prompts that get a pair: those whose
+    # candidates the model is least sure of. 1.0 = no prompt choice; below 1 costs decode time per pair
+    "active_prompt_share": 1.0,
 }
 
 
@@ -63,8 +70,11 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "gate_max_kl": (float, 0.0, None),
     "thumbs_share": (float, 0.0, 1.0),
     "history_token_budget": (int, 16, 32768),
+    "candidates_per_prompt": (int, 2, 16),
+    "random_pair_share": (float, 0.0, 1.0),
+    "active_prompt_share": (float, 0.05, 1.0),
 }
-SETTING_CHOICES: dict[str, tuple[str, ...]] = {"continuation": CONTINUATION}
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {"continuation": CONTINUATION, "selection": SELECTIONS}
 MAX_SETTING_NUMBER = 1_000_000_000  # larger counts cannot be meant, and overflow SQLite integers
 
 

@@ -25,11 +25,21 @@ from prefloop.db.rounds import RoundQueries
 from prefloop.db.settings import DEFAULT_SETTINGS, SettingsQueries
 from prefloop.db.transfer import TransferQueries
 from prefloop.db.versions import VersionQueries
-from prefloop.db.vocab import CHOICES, CONTINUATION, PAIR_MODES, PAIR_PURPOSES, ROLES, SPLITS, THUMBS
+from prefloop.db.vocab import (
+    CHOICES,
+    CONTINUATION,
+    PAIR_MODES,
+    PAIR_PURPOSES,
+    ROLES,
+    SELECTIONS,
+    SPLITS,
+    THUMBS,
+)
 from prefloop.errors import StoreError
 
 __all__ = [
-    "CHOICES", "CONTINUATION", "DEFAULT_SETTINGS", "PAIR_MODES", "PAIR_PURPOSES", "THUMBS", "ROLES", "SPLITS", "Store", "StoreError",
+    "CHOICES", "CONTINUATION", "DEFAULT_SETTINGS", "PAIR_MODES", "PAIR_PURPOSES", "THUMBS", "ROLES", "SELECTIONS",
+    "SPLITS", "Store", "StoreError",
     "content_hash", "dumps", "loads", "now", "prefloop_home",
 ]
 

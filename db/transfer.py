@@ -30,7 +30,7 @@ class TransferQueries(Connection):
         rows = self.rows(
             "select j.choice, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.created_at, "
             "case when j.left_generation_id = x.generation_a_id then 'a' else 'b' end as shown_left, "
-            "an.name as annotator, x.purpose, x.gold_choice, x.judgments_wanted, x.mode, "
+            "an.name as annotator, x.purpose, x.gold_choice, x.judgments_wanted, x.mode, x.selection, "
             "x.created_at as pair_created_at, p.text as prompt_text, p.messages as prompt_messages, "
             "p.kind as prompt_kind, p.source as prompt_source, p.split as prompt_split, "
             + ", ".join(
@@ -104,7 +104,7 @@ class TransferQueries(Connection):
                     pair_id = insert_pair(
                         db, prompt_id, generation_ids, purpose=pair["purpose"],
                         judgments_wanted=pair["judgments_wanted"], gold_choice=pair.get("gold_choice"),
-                        status="done", created_at=pair["created_at"],
+                        status="done", created_at=pair["created_at"], selection=pair.get("selection"),
                     )
                     new_pairs.add(pair_id)
                     counts["pairs"] += 1

@@ -10,3 +10,4 @@ CONTINUATION = ("off", "same_annotator", "anyone")  # who writes a conversation'
 ROLES = ("annotator", "maintainer")
 SPLITS = ("train", "heldout")
 PAIR_PURPOSES = ("train", "arena", "gold", "live")
+SELECTIONS = ("random", "active")  # how the sampler chose a queued pair (pairs.selection, m006)

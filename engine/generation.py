@@ -109,6 +109,10 @@ class Generated:
     latency_ms: float  # from the start of its batch to this row's last token
     seed: int = 0
     token_ids: list[int] = field(default_factory=list, repr=False)
+    # summed log p(token_ids | prompt) under the sampling model's raw logits (before temperature,
+    # top-p and repetition penalty): the model's own log-likelihood of its answer, computed on the
+    # way (annotate/selection.py scores candidates with it). None where an engine does not report it.
+    logprob: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +320,7 @@ class Decoding:
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.latency_ms: list[float] = [0.0] * n
+        self.logps: list[float] = [0.0] * n  # log p of each row's kept tokens, summed
         self.paused_s = 0.0  # time this batch waited for live streams
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -332,9 +337,10 @@ class Decoding:
                 latency_ms=round(latency, 1),
                 seed=seed,
                 token_ids=tokens,
+                logprob=logp,
             )
-            for tokens, prompt, finish, latency, seed in zip(
-                self.tokens, self.prompts, self.finish, self.latency_ms, self.seeds
+            for tokens, prompt, finish, latency, seed, logp in zip(
+                self.tokens, self.prompts, self.finish, self.latency_ms, self.seeds, self.logps
             )
         ]
 
@@ -397,6 +403,8 @@ class Decoding:
                     )
                     logits = out.logits[:, -1, :].float().cpu()
             chosen = self._pick(logits, alive)
+            # the model's log-prob of each drawn token (one logsumexp per row: ~1% of a step)
+            drawn = logits[torch.arange(len(chosen)), torch.tensor(chosen)] - torch.logsumexp(logits, dim=-1)
             elapsed = (time.perf_counter() - started) * 1000
             keep = []
             for row, (index, token) in enumerate(zip(alive, chosen)):
@@ -405,6 +413,7 @@ class Decoding:
                     self.finish[index] = "stop"
                 else:
                     self.tokens[index].append(token)
+                    self.logps[index] += float(drawn[row])
                     keep.append(row)
             if self.interactive:
                 live_priority.beat(key)

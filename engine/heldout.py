@@ -80,16 +80,23 @@ def sequence_logps(
 ) -> list:
     """Summed log-probability of each completion given its prompt (chat template applied), no grad;
     ``(sum, tokens)`` pairs with ``with_counts``. ``finished[i]`` False: no end-of-turn token."""
-    import torch
-
     finished = finished or [True] * len(examples)
     encoded = [_encode(tokenizer, prompt, completion, max_length, done)
                for (prompt, completion), done in zip(examples, finished)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = encoded_logps(model, encoded, pad, batch_size)
+    return out if with_counts else [value for value, _ in out]
+
+
+def encoded_logps(model, encoded: list[tuple[list[int], int]], pad: int, batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed log-prob, tokens) of rows already encoded as (token ids, completion start), no grad,
+    in the caller's order (e.g. a sampled answer's exact token ids, annotate/selection.py)."""
+    import torch
+
     # Batches of similar length waste little on padding; results go back in the caller's order.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list = [0.0] * len(encoded)
+    out: list = [(0.0, 0)] * len(encoded)
     was_training = model.training
     model.eval()
     try:
@@ -98,7 +105,7 @@ def sequence_logps(
                 indices = order[start : start + batch_size]
                 sums, counts = batch_logps(model, [encoded[i] for i in indices], pad, device)
                 for i, value, count in zip(indices, sums.tolist(), counts.tolist()):
-                    out[i] = (value, int(count)) if with_counts else value
+                    out[i] = (value, int(count))
     finally:
         model.train(was_training)
     return out

@@ -20,7 +20,8 @@ EXPECTED_SCHEMA = {
                        "status": str, "card": str, "created_at": str},
     "pairs": {"id": int, "prompt_id": int, "generation_a_id": int, "generation_b_id": int,
               "purpose": str, "judgments_wanted": int, "judgments_count": int,
-              "gold_choice": str, "status": str, "created_by": int, "created_at": str, "mode": str},
+              "gold_choice": str, "status": str, "created_by": int, "created_at": str, "mode": str,
+              "selection": str},
     "prompts": {"id": int, "text": str, "messages": str, "kind": str, "source": str,
                 "split": str, "content_hash": str, "created_at": str, "parent_pair_id": int,
                 "followups": str},
@@ -58,7 +59,7 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 5
+    assert again.scalar("select count(*) from _sqlite_migrations") == 6
 
 
 def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):
