@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from prefloop.annotate.sampler import sample_battle_pairs
-from prefloop.db.store import Store
+from prefloop.db.store import SELECTIONS, Store
 from prefloop.errors import PrefloopError
 from prefloop.evaluate.judges import load_judge
 from prefloop.evaluate.plots import save_plots, simulation_rows
@@ -104,6 +104,11 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--method", type=click.Choice(list(METHODS)), default="dpo", show_default=True,
               help="round method (sft and sft-dpo also imitate winners with a clear vote margin: simulated "
                    "judges write no better answers)")
+@click.option("--selection", type=click.Choice(list(SELECTIONS)), default=None,
+              help="random (two answers per prompt) or active (k candidates, the pair annotate/selection.py "
+                   "chooses); default: the home's selection setting, as production")
+@click.option("--candidates", type=click.IntRange(2, 16), default=None,
+              help="active selection: candidates per prompt (default: the candidates_per_prompt setting)")
 @click.option("--noise", default=0.0, show_default=True, help="share of votes replaced by a random choice")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-prompts", default=48, show_default=True, help="held-out prompts battled against v0 per round")
@@ -115,7 +120,8 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--max-new-tokens", type=int, help="response length cap (default: the sampling setting)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
-def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, noise, seed,
+def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, selection,
+                     candidates, noise, seed,
                      eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
     """Run the loop unattended with a simulated judge, as production runs it: sample, vote, train,
     gate (promote only on held-out evidence), battle v0. Settings are `prefloop train`'s defaults.
@@ -125,7 +131,8 @@ def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promot
 
     config = SimulationConfig(
         judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, heldout_pairs=heldout_pairs,
-        force_promote=force_promote, seeds=seeds, method=method, noise=noise,
+        force_promote=force_promote, seeds=seeds, method=method, selection=selection, candidates=candidates,
+        noise=noise,
         seed=seed, eval_prompts=eval_prompts, learning_rate=learning_rate, epochs=epochs, beta=beta,
         precision=precision, temperature=temperature, max_new_tokens=max_new_tokens,
     ).validate()

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from prefloop.annotate.sampler import sample_battle_pairs, sample_pairs
 from prefloop.db.settings import DEFAULT_SETTINGS
-from prefloop.db.store import Store
+from prefloop.db.store import SELECTIONS, Store
 from prefloop.engine import models
 from prefloop.engine.generation import SamplingParams
 from prefloop.errors import PrefloopError
@@ -71,6 +71,12 @@ class SimulationConfig:
         default=1,  # a simulated judge writes no better answers: sft learns the winners of its votes
         metadata={"help": "sft and sft-dpo: imitate a winner whose votes outnumber the other side's by this many"},
     )
+    selection: str | None = field(
+        default=None,  # None: the home's `selection` setting, as production
+        metadata={"help": "which pair of a prompt's answers is judged: random (two answers) or active "
+                  "(k candidates, pair chosen by annotate/selection.py)"},
+    )
+    candidates: int | None = field(default=None, metadata={"help": "active: candidates per prompt (default: the setting)"})
     noise: float = field(default=0.0, metadata={"help": "share of votes replaced by a random choice"})
     seed: int = field(default=0, metadata={"help": "seeds sampling, noise and training"})
     eval_prompts: int = field(
@@ -105,6 +111,10 @@ class SimulationConfig:
             raise PrefloopError(f"held-out pairs must be 0 or more, not {self.heldout_pairs}")
         if self.seeds < 1:
             raise PrefloopError(f"seeds must be at least 1, not {self.seeds}")
+        if self.selection is not None and self.selection not in SELECTIONS:
+            raise PrefloopError(f"selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
+        if self.candidates is not None and not 2 <= self.candidates <= 16:
+            raise PrefloopError(f"candidates must be from 2 to 16, not {self.candidates}")
         return self
 
 
@@ -264,8 +274,8 @@ def run_simulation(
         log(f"round {index + 1}/{config.rounds}: sampling {config.pairs_per_round} pairs from {parent}")
         pair_ids = sample_pairs(
             store, parent, n_prompts=config.pairs_per_round, split="train", params=params,
-            seed=config.seed * 1000 + index, purpose="train",
-            progress=_tqdm_progress(f"sampling {parent}") if progress else None,
+            seed=config.seed * 1000 + index, purpose="train", selection=config.selection,
+            candidates=config.candidates, progress=_tqdm_progress(f"sampling {parent}") if progress else None,
         )
         votes = judge_pairs(store, voter, annotator_id, pair_ids, rng)
         counts = {c: sum(v["choice"] == c for v in votes) for c in ("a", "b", "tie", "both_bad")}
@@ -358,6 +368,7 @@ def run_simulation(
     return {
         "judge": config.judge,
         "method": config.method,
+        "selection": config.selection or store.get_setting("selection"),
         "noise": config.noise,
         "seed": config.seed,
         "sampling": params.to_dict(),

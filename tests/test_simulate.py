@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -184,3 +185,25 @@ def test_simulation_runs_kto_and_sft_methods(tiny_v0, method, monkeypatch):
     assert result["round_config"].get("sft_chosen_margin") == (0 if method == "kto" else 1)
     with pytest.raises(PrefloopError, match="sft_chosen_margin must be at least 1 in a simulation"):
         SimulationConfig(method="sft", sft_chosen_margin=0).validate()
+
+
+def test_simulation_with_active_selection_queues_chosen_pairs(tiny_v0):
+    """`prefloop simulate --selection active`: train pairs are chosen from k candidates (v0 has no
+    parent: the most dissimilar pair) and say so in their lineage; gate pairs stay random."""
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=6, heldout=3)
+    config = SimulationConfig(rounds=1, pairs_per_round=4, eval_prompts=0, max_new_tokens=6, learning_rate=1e-3,
+                              seed=2, heldout_pairs=2, epochs=1.0, selection="active", candidates=3)
+    result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
+    assert result["selection"] == "active" and len(result["rounds"]) == 1
+    rows = store.rows("select x.selection, p.split from pairs x join prompts p on p.id = x.prompt_id "
+                      "where x.purpose = 'train'")
+    train = [json.loads(r["selection"]) for r in rows if r["split"] == "train"]
+    gate = [json.loads(r["selection"]) if r["selection"] else {"method": "random"} for r in rows if r["split"] == "heldout"]
+    assert train and all(s["k"] == 3 for s in train if s["method"] == "active")
+    assert any(s["method"] == "active" for s in train)
+    assert gate and all(s["method"] == "random" for s in gate)
+    with pytest.raises(PrefloopError, match="selection must be one of"):
+        SimulationConfig(selection="clever").validate()
