@@ -32,6 +32,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # the evidence gate (prefloop.train.gate): why each default, see there
     "gate_share": 0.15,  # share of the queue sampled from the active version on held-out prompts
     "gate_min_rows": 30,  # held-out preference rows needed before a verdict; fewer: wait
+    "gate_confidence": 0.99,  # one-sided level of the agreement bound (train/gate.py says why 99%)
     "gate_max_length_ratio": 1.3,  # candidate / parent mean response tokens on held-out prompts
     "gate_min_length_ratio": 0.5,
     "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
@@ -64,6 +65,7 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "auto_train_every": (int, 0, None),
     "gate_share": (float, 0.0, 0.9),
     "gate_min_rows": (int, 1, None),
+    "gate_confidence": (float, 0.5, 0.9999),
     "gate_max_length_ratio": (float, 1.0, None),
     "gate_min_length_ratio": (float, 0.0, 1.0),
     "gate_max_chosen_logp_drop": (float, 0.0, None),

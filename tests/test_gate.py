@@ -163,12 +163,33 @@ def test_the_gate_promotes_a_real_adapter(tiny_model_dir):
     assert verdict["accuracy"] >= 0.8 and verdict["lower_bound"] > 0.5
 
 
-# A one-sided 95% test passes a candidate with no real agreement about 1 time in 20, so 20 such
-# trials give 0 or 1 false passes 74% of the time and 4 or more only 1.6% of the time (the old
-# gate, accuracy >= 0.5 at any count, passed about half). Allowing 3 keeps the test about the
-# gate's level rather than about which seeds happen to land on the boundary; each run's count is
-# in the assertion message. Measured: 1 of 20 alone, 2 of 20 inside the full suite.
-MAX_FALSE_PASSES = 3
+# The gate's default level is one-sided 99% (setting gate_confidence): a candidate with no real
+# agreement passes about 1 time in 100, so 20 such trials give 2 or more false passes only 1.7% of
+# the time. Issue 14 asks for at least 19 of 20 rejected: that is the bar. (At 95% the same trials
+# passed 1 of 20 alone and 2 of 20 inside the full suite, which is why the level went up.)
+MAX_FALSE_PASSES = 1
+
+
+def test_the_gate_level_rejects_the_coin_round_and_keeps_the_concise_one():
+    """The two measured first rounds (README, "Does the loop learn?"): a coin-flip judge's
+    candidate agreed on 25 of 38 held-out rows and was promoted at 95%; the concise judge's on
+    28 of 37. At the default 99% the coin's is rejected and the concise one still promoted."""
+    settings = gate.GateSettings()
+    assert settings.confidence == 0.99
+    z = gate.z_one_sided(settings.confidence)
+    assert gate.wilson_lower_bound(25, 38, gate.Z_95_ONE_SIDED) > 0.5 > gate.wilson_lower_bound(25, 38, z)
+    assert gate.wilson_lower_bound(28, 37, z) > 0.5
+
+    def rows(agree, n):
+        yes = {"cand_chosen": -1.0, "par_chosen": -2.0, "n_chosen": 10, "cand_rejected": -2.1, "par_rejected": -2.0,
+               "n_rejected": 10}
+        no = {**yes, "cand_chosen": -2.1, "cand_rejected": -1.0}
+        return [yes] * agree + [no] * (n - agree)
+
+    assert gate.verdict(rows(25, 38), settings, SAME_LENGTH)["decision"] == "reject"
+    concise = gate.verdict(rows(28, 37), settings, SAME_LENGTH)
+    assert concise["decision"] == "promote", concise["reason"]
+    assert "99% lower bound" in concise["reason"] and "99% low" in gate.numbers_line(concise)
 
 
 def test_shuffled_label_adapters_are_rejected(tiny_model_dir):

@@ -16,8 +16,13 @@ plain drift would count as agreement (issue 14). Divided by length, a uniform dr
 
 Promotion needs all of:
 * at least ``gate_min_rows`` judgments (fewer: the verdict is "wait", nothing is promoted);
-* the one-sided 95% Wilson lower bound of the agreement rate above 0.5 (a candidate that agrees
-  by chance passes about 5% of the time, whatever the count: at 30 rows it needs 20 agreements);
+* the one-sided Wilson lower bound of the agreement rate, at confidence ``gate_confidence``
+  (default 99%), above 0.5. A candidate that agrees by chance passes 1% of the time, whatever the
+  count (at 30 rows it needs 22 agreements, at 40 it needs 28). Why 99% and not 95%: a parent's
+  held-out judgments are re-used by every round that trains on it, so one coin-flip judge meets
+  the test once per round: at 95% a coin got its first round promoted (25 of 38, README), and null
+  adapters passed 1-2 of 20 trials, where the issue asks for at most 1; at 99% a coin passes about
+  3% of 3-round runs. The real concise round (28 of 37 agree) still clears it (bound 0.57);
 * drift guards, measured on the same held-out prompts:
   - ``length_ratio``: the candidate's mean response tokens over the parent's, from fresh samples
     with the production sampling settings, within [gate_min_length_ratio, gate_max_length_ratio]
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 from prefloop.db.store import Store
@@ -42,12 +48,18 @@ from prefloop.engine.generation import SamplingParams, derive_seed, generate
 from prefloop.engine.heldout import answer_logps
 
 Z_95_ONE_SIDED = 1.6448536269514722
+
+
+def z_one_sided(confidence: float) -> float:
+    """The normal quantile of a one-sided test at ``confidence`` (0.95 -> 1.645, 0.99 -> 2.326)."""
+    return NormalDist().inv_cdf(confidence)
 LENGTH_PROMPTS = 32  # held-out prompts the length guard samples the candidate on (one answer each)
 
 
 @dataclass
 class GateSettings:
     min_rows: int = 30
+    confidence: float = 0.99
     max_length_ratio: float = 1.3
     min_length_ratio: float = 0.5
     max_chosen_logp_drop: float = 0.3
@@ -57,6 +69,7 @@ class GateSettings:
     def from_store(cls, store: Store) -> "GateSettings":
         return cls(
             min_rows=int(store.get_setting("gate_min_rows")),
+            confidence=float(store.get_setting("gate_confidence")),
             max_length_ratio=float(store.get_setting("gate_max_length_ratio")),
             min_length_ratio=float(store.get_setting("gate_min_length_ratio")),
             max_chosen_logp_drop=float(store.get_setting("gate_max_chosen_logp_drop")),
@@ -135,7 +148,8 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
     margins = per_token_margins(scored)
     agree = sum(1 for m in margins if m > 0)
     accuracy = agree / n if n else None
-    lower = wilson_lower_bound(agree, n)
+    lower = wilson_lower_bound(agree, n, z_one_sided(settings.confidence))
+    level = f"{settings.confidence:.0%}"
     drop = chosen_logp_drop(scored)
     kl = kl_per_token(scored)
     ratio = None
@@ -164,14 +178,14 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
                   f"{settings.min_rows} needed (setting gate_min_rows)")
     elif lower is None or lower <= 0.5:
         decision = "reject"
-        reason = (f"held-out agreement {agree}/{n} = {accuracy:.1%} (95% lower bound {lower:.1%}) "
+        reason = (f"held-out agreement {agree}/{n} = {accuracy:.1%} ({level} lower bound {lower:.1%}) "
                   "does not clear chance (50%)")
     elif failed:
         decision = "reject"
         reason = "drift guard failed: " + "; ".join(_guard_text(name, guards[name]) for name in failed)
     else:
         decision = "promote"
-        reason = (f"held-out agreement {agree}/{n} = {accuracy:.1%} (95% lower bound {lower:.1%} > 50%) "
+        reason = (f"held-out agreement {agree}/{n} = {accuracy:.1%} ({level} lower bound {lower:.1%} > 50%) "
                   "and every drift guard holds")
     result.update(decision=decision, promoted=decision == "promote", reason=reason, failed_guards=failed)
     return result
@@ -184,7 +198,8 @@ def numbers_line(verdict: dict) -> str:
     def f(value, spec):
         return "-" if value is None else format(value, spec)
 
-    return (f"rows {verdict['rows']}, agreement {f(verdict['accuracy'], '.3f')}, 95% low {f(verdict['lower_bound'], '.3f')}, "
+    level = f"{verdict['settings'].get('confidence', 0.95):.0%}"
+    return (f"rows {verdict['rows']}, agreement {f(verdict['accuracy'], '.3f')}, {level} low {f(verdict['lower_bound'], '.3f')}, "
             f"length x{f(g['length_ratio']['value'], '.2f')}, chosen log-prob drop {f(g['chosen_logp_drop']['value'], '.3f')}"
             f"/token, KL {f(g['kl']['value'], '.3f')}/token")
 
