@@ -171,7 +171,7 @@ def test_two_ranks_train_one_round_on_cpu(tiny_v0, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     finished = store.round(round_id)
     assert finished["status"] in ("promoted", "trained") and finished["new_version_id"]
-    assert (prefloop_home() / "rounds" / str(round_id) / "train-rows").is_dir()  # two ranks really ran
+    assert (prefloop_home() / "rounds" / str(round_id) / "train-rows-dpo").is_dir()  # two ranks really ran
     adapter = version_path(store.require_version(finished["new_version_id"])) / "adapter_model.safetensors"
     assert adapter.stat().st_size > 10_000
     assert [v["name"] for v in store.list_versions()] == ["v0", "v1"]  # one version, from rank 0 only
