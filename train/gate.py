@@ -53,6 +53,8 @@ Z_95_ONE_SIDED = 1.6448536269514722
 def z_one_sided(confidence: float) -> float:
     """The normal quantile of a one-sided test at ``confidence`` (0.95 -> 1.645, 0.99 -> 2.326)."""
     return NormalDist().inv_cdf(confidence)
+
+
 LENGTH_PROMPTS = 32  # held-out prompts the length guard samples the candidate on (one answer each)
 
 
