@@ -109,6 +109,9 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
                    "chooses); default: the home's selection setting, as production")
 @click.option("--candidates", type=click.IntRange(2, 16), default=None,
               help="active selection: candidates per prompt (default: the candidates_per_prompt setting)")
+@click.option("--all-judgments", is_flag=True,
+              help="train each round on every closed train pair, earlier rounds' too (default: only the pairs "
+                   "no earlier round took, as production)")
 @click.option("--noise", default=0.0, show_default=True, help="share of votes replaced by a random choice")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--eval-prompts", default=48, show_default=True, help="held-out prompts battled against v0 per round")
@@ -121,7 +124,7 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
 def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, selection,
-                     candidates, noise, seed,
+                     candidates, all_judgments, noise, seed,
                      eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
     """Run the loop unattended with a simulated judge, as production runs it: sample, vote, train,
     gate (promote only on held-out evidence), battle v0. Settings are `prefloop train`'s defaults.
@@ -132,7 +135,7 @@ def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promot
     config = SimulationConfig(
         judge=judge, rounds=rounds, pairs_per_round=pairs_per_round, heldout_pairs=heldout_pairs,
         force_promote=force_promote, seeds=seeds, method=method, selection=selection, candidates=candidates,
-        noise=noise,
+        all_judgments=all_judgments, noise=noise,
         seed=seed, eval_prompts=eval_prompts, learning_rate=learning_rate, epochs=epochs, beta=beta,
         precision=precision, temperature=temperature, max_new_tokens=max_new_tokens,
     ).validate()

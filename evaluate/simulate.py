@@ -77,6 +77,11 @@ class SimulationConfig:
                   "(k candidates, pair chosen by annotate/selection.py)"},
     )
     candidates: int | None = field(default=None, metadata={"help": "active: candidates per prompt (default: the setting)"})
+    all_judgments: bool = field(
+        default=False,  # production's window: the pairs no earlier round took
+        metadata={"help": "train each round on every closed train pair, earlier rounds' too, with the parent as "
+                  "reference (issue 15's 'use every vote', to be measured against the default)"},
+    )
     noise: float = field(default=0.0, metadata={"help": "share of votes replaced by a random choice"})
     seed: int = field(default=0, metadata={"help": "seeds sampling, noise and training"})
     eval_prompts: int = field(
@@ -169,7 +174,8 @@ def round_config(config: SimulationConfig, round_index: int, min_new_pairs: int 
     if "sft" in PHASES[config.method]:
         values["sft_chosen_margin"] = config.sft_chosen_margin
     return RoundConfig(
-        method=config.method, seed=config.seed + round_index, min_new_pairs=min_new_pairs, **values
+        method=config.method, seed=config.seed + round_index, min_new_pairs=min_new_pairs,
+        all_judgments=config.all_judgments, **values
     ).validate()
 
 
@@ -374,7 +380,7 @@ def run_simulation(
         "sampling": params.to_dict(),
         "round_config": {k: v for k, v in round_config(config, 0).to_dict().items()
                          if k in ("learning_rate", "epochs", "beta", "nll_weight", "lora_rank", "precision",
-                                  "sft_chosen_margin")},
+                                  "sft_chosen_margin", "all_judgments")},
         "heldout_pairs_per_round": gate_pairs,
         "force_promote": config.force_promote,
         "v0": {"version": base, "cutoff_rate": cutoff_rate(store, base)},
@@ -423,10 +429,12 @@ def run_seeds(
     judge: Judge | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    home: Path | None = None,
 ) -> dict:
     """``config.seeds`` runs (seeds seed, seed+1, ...), each in a fresh home folder under this
-    one (``sim-seed-<n>``) holding this home's v0 (used in place) and its prompts; returns
-    {"seeds": [each run's result], "summary": mean and spread per round}."""
+    one (``sim-seed-<n>``; under ``home`` when given, so several comparisons can share one v0)
+    holding this home's v0 (used in place) and its prompts; returns {"seeds": [each run's
+    result], "summary": mean and spread per round}."""
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -438,7 +446,7 @@ def run_seeds(
     prompts = [{"text": p["text"], "messages": p.get("messages"), "kind": p.get("kind"),
                 "source": p.get("source"), "split": p["split"]} for p in store.list_prompts()]
     settings = {k: v for k, v in store.all_settings().items() if k != "active_version"}
-    home = Path(os.environ.get("PREFLOOP_HOME") or store.path.parent).resolve()
+    home = Path(home or os.environ.get("PREFLOOP_HOME") or store.path.parent).resolve()
     runs = []
     for offset in range(config.seeds):
         seed = config.seed + offset

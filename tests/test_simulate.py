@@ -134,6 +134,22 @@ def test_simulation_runs_the_gate_like_production(tiny_v0):
     assert windows[0] and windows[1] and not windows[0] & windows[1]  # each pair learned once
 
 
+def test_simulation_with_all_judgments_trains_round_two_on_round_ones_pairs_too(tiny_v0):
+    """`simulate --all-judgments` (issue 15's "use every vote", to be measured against the
+    default): round 2's window holds round 1's pairs as well as its own, and the run records it."""
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=10, heldout=4)
+    config = SimulationConfig(rounds=2, pairs_per_round=4, eval_prompts=0, max_new_tokens=8, learning_rate=1e-3,
+                              seed=6, heldout_pairs=2, all_judgments=True)
+    result = run_simulation(store, config, judge=decisive, progress=False, log=lambda m: None)
+    assert result["round_config"]["all_judgments"] is True and len(result["rounds"]) == 2
+    first, second = (set(store.round_pair_ids(r["id"])) for r in store.list_rounds())
+    assert first and first < second  # round 2 learns round 1's pairs again, and new ones
+    assert result["rounds"][1]["dataset_size"] > result["rounds"][0]["dataset_size"]
+
+
 def test_simulation_stops_cleanly_when_the_judge_prefers_nothing(tiny_v0):
     """A round whose votes are all ties trains nothing; the rounds already run are kept."""
     from prefloop.evaluate.simulate import SimulationConfig, run_simulation
