@@ -131,6 +131,10 @@ def test_ui_handlers_run_the_loop(tiny_v0):
     assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
     add_judged_pairs(store, 4)
     assert "4 new preference pairs" in ui.readiness_text(store, boss)
+    # the Train tab's sft margin reaches the round: 0 imitates nothing, 5 finds no winner that clear
+    assert r"sft\_chosen\_margin is 0" in ui.start_round_action(store, boss, "sft", 5e-5, 1, 0.1, 4, 1, "auto", 0)
+    assert "vote margin of 5" in ui.start_round_action(store, boss, "sft", 5e-5, 1, 0.1, 4, 1, "auto", 5)
+    assert store.list_rounds() == []
     from prefloop.train.config import RoundConfig
     from prefloop.train.rounds import create_round
 

@@ -48,7 +48,7 @@ def _round_id(value: Any) -> int | None:
 
 def start_round_action(
     store: Store, token: str | None, method: str, learning_rate: float, epochs: float, beta: float,
-    lora_rank: int, min_new_pairs: int | None = None, precision: str = "auto",
+    lora_rank: int, min_new_pairs: int | None = None, precision: str = "auto", sft_chosen_margin: int = 0,
 ) -> str:
     """Start a round in a child process; returns a message for the page."""
     try:
@@ -58,7 +58,7 @@ def start_round_action(
             method=method, learning_rate=float(learning_rate), epochs=float(epochs), beta=float(beta),
             lora_rank=int(lora_rank), lora_alpha=2 * int(lora_rank),
             min_new_pairs=None if min_new_pairs in (None, "") else int(min_new_pairs),
-            precision=precision,
+            precision=precision, sft_chosen_margin=int(sft_chosen_margin or 0),
         ).validate()
         round_id = start_round(store, config)
     except PrefloopError as error:
@@ -160,6 +160,8 @@ def build_train_tab(store: Store) -> dict:
                               info=helps["min_new_pairs"])
         precision = gr.Radio(list(PRECISIONS), value=defaults.precision, label="precision",
                              info=helps["precision"])
+        sft_margin = gr.Number(value=defaults.sft_chosen_margin, label="sft: imitate winners by a vote margin of",
+                               precision=0, minimum=0, info=helps["sft_chosen_margin"])
     start = gr.Button("Start round", variant="primary")
     message = gr.Markdown()
     with gr.Row():
@@ -190,7 +192,7 @@ def build_train_tab(store: Store) -> dict:
     timer.tick(with_session(refresh), inputs=[chosen_round], outputs=outputs, **quiet)
     chosen_round.change(with_session(refresh), inputs=[chosen_round], outputs=outputs, **quiet)
     start.click(with_session(lambda *values: start_round_action(store, *values)),
-                inputs=[method, learning_rate, epochs, beta, lora_rank, min_pairs, precision],
+                inputs=[method, learning_rate, epochs, beta, lora_rank, min_pairs, precision, sft_margin],
                 outputs=[message], concurrency_limit=1, api_name="start_round")
     promote.click(with_session(lambda t, r: decide_action(store, t, "promote", r)), inputs=[chosen_round],
                   outputs=[message], api_name="promote")
