@@ -58,6 +58,8 @@ def test_thumbs_and_multi_turn_conversation_continue_in_the_browser(home):
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#pf-name input").wait_for(timeout=20_000)
+            _shot(page, "signin")
             page.locator("#pf-name input").fill("alice")
             page.locator("#pf-password input").fill(PASSWORD)
             page.locator("#pf-signin-button").click()
