@@ -86,9 +86,9 @@ def test_heldout_prompts_never_enter_training(store):
         build_preference_rows(store, split="test")
 
 
-def test_majority_ties_and_both_bad(store):
-    from prefloop.train.dataset import build_preference_rows
-
+def vote_rule_cases(store) -> tuple[int, int, int, int]:
+    """The pairs every row builder's rules are checked on: a 2-1 majority for b, a 1-1 draw, a tie
+    alone and a both-bad vote alone (their ids, in that order)."""
     majority = add_pair(store, "majority?", "A text", "B text", wanted=3)
     for name, choice in [("x", "b"), ("y", "b"), ("z", "a")]:
         judge(store, majority, name, choice)
@@ -99,6 +99,13 @@ def test_majority_ties_and_both_bad(store):
     judge(store, tie, "x", "tie")
     bad = add_pair(store, "both bad?", "A4", "B4")
     judge(store, bad, "x", "both_bad")
+    return majority, drawn, tie, bad
+
+
+def test_majority_ties_and_both_bad(store):
+    from prefloop.train.dataset import build_preference_rows
+
+    majority, drawn, tie, bad = vote_rule_cases(store)
     rescued = add_pair(store, "both bad, fixed?", "A5", "B5")
     judge(store, rescued, "x", "both_bad", better="A proper answer.")
     rows = build_preference_rows(store)

@@ -8,9 +8,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_dataset import _ensure_version, add_judged_pairs, add_pair, judge
+from test_dataset import _ensure_version, add_judged_pairs, add_pair, judge, vote_rule_cases
 from test_rounds import FAST, fast_config, ready_store
-from training_checks import assert_unchanged, base_state, learned
+from training_checks import assert_unchanged, base_state, learned, trainer_spy
 
 from prefloop.errors import ConfigError, PrefloopError
 from prefloop.train import recipe
@@ -33,16 +33,7 @@ def _labelled(rows):
 def test_kto_rows_follow_the_rules(store):
     from prefloop.train.examples import build_kto_rows
 
-    majority = add_pair(store, "majority?", "A text", "B text", wanted=3)
-    for name, choice in [("x", "b"), ("y", "b"), ("z", "a")]:
-        judge(store, majority, name, choice)
-    drawn = add_pair(store, "draw?", "A2", "B2", wanted=2)
-    judge(store, drawn, "x", "a")
-    judge(store, drawn, "y", "b")
-    tie = add_pair(store, "tie?", "A3", "B3")
-    judge(store, tie, "x", "tie")
-    bad = add_pair(store, "both bad?", "A4", "B4")
-    judge(store, bad, "x", "both_bad")
+    majority, drawn, tie, bad = vote_rule_cases(store)
     rescued = add_pair(store, "tie, fixed?", "A5", "B5", wanted=2)
     judge(store, rescued, "x", "tie", better="A proper answer.")
     judge(store, rescued, "y", "tie", better="A proper answer.")  # the same text twice: one row
@@ -199,18 +190,10 @@ def test_kto_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeyp
     store.set_setting("min_new_pairs", 1)
     for i, (c, r) in enumerate([(True, False), (False, True), (False, False), (True, True)]):
         _cut_off_pair(store, f"Cut case {i}?", c, r)
-    seen = {}
-    real = recipe.make_trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        seen["data"] = trainer.train_dataset
-        return trainer
-
-    monkeypatch.setattr(recipe, "make_trainer", spy)
+    seen = trainer_spy(monkeypatch)
     summary = rounds.run_round(store, _new_round(store, method="kto", max_steps=1))
     assert learned(store, summary["version"])
-    data = seen["data"]
+    data = seen["trainer"].train_dataset
     assert len(data) == 8 and "cut_off" not in data.column_names
     eos = 2  # <|im_end|>
     texts = {"Chosen answer that": "chosen", "Rejected answer which also": "rejected"}

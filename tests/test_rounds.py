@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_dataset import add_judged_pairs
-from training_checks import assert_unchanged, base_state, learned
+from training_checks import assert_unchanged, base_state, learned, trainer_spy
 
 from prefloop.errors import ConfigError, PrefloopError
 from prefloop.train import recipe
@@ -306,20 +306,12 @@ def test_trainer_settings_reach_the_trainer(tiny_v0, method, monkeypatch):
     from prefloop.train.config import RoundConfig
 
     store = ready_store(tiny_v0)
-    seen = {}
-    real = recipe.make_trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        seen["args"] = trainer.args
-        return trainer
-
-    monkeypatch.setattr(recipe, "make_trainer", spy)
+    seen = trainer_spy(monkeypatch)
     before = base_state(store)
     summary = rounds.run_round(store, new_round(store, method=method, precision="bf16", max_steps=1))
     assert learned(store, summary["version"])  # its one step ran at full rate (no warmup step at lr 0)
     assert_unchanged(before, base_state(store))
-    args = seen["args"]
+    args = seen["trainer"].args
     assert args.bf16 is True and args.use_cpu is (not torch.cuda.is_available())
     assert args.activation_checkpointing is False and args.per_device_train_batch_size == 2
     assert args.max_length == 96 and args.logging_steps == 1 and args.dataloader_num_workers == 0
@@ -481,18 +473,10 @@ def test_cut_off_answers_train_without_an_end_of_turn_token(tiny_v0, monkeypatch
              for i, (c, r) in enumerate([(True, False), (False, True), (False, False), (True, True)])}
     rows = {r["pair_id"]: r for r in build_preference_rows(store)}
     assert {p: (rows[p]["chosen_cut_off"], rows[p]["rejected_cut_off"]) for p in cases} == cases
-    seen = {}
-    real = recipe.make_trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        seen["data"] = trainer.train_dataset
-        return trainer
-
-    monkeypatch.setattr(recipe, "make_trainer", spy)
+    seen = trainer_spy(monkeypatch)
     rounds.run_round(store, new_round(store, max_steps=1, method=method))
     eos = 2  # <|im_end|>
-    data = seen["data"]
+    data = seen["trainer"].train_dataset
     assert len(data) == 4
 
     def answer(row, side):  # the trained answer tokens: DPO keeps them apart, ORPO labels them

@@ -10,10 +10,9 @@ import pytest
 from click.testing import CliRunner
 from test_dataset import _ensure_version, add_judged_pairs, add_pair, judge
 from test_rounds import FAST, fast_config, ready_store
-from training_checks import assert_unchanged, base_state, learned
+from training_checks import assert_unchanged, base_state, learned, trainer_spy
 
 from prefloop.errors import ConfigError, PrefloopError
-from prefloop.train import recipe
 
 
 def _new_round(store, **overrides):
@@ -93,15 +92,7 @@ def test_sft_round_trains_on_completions_only(tiny_v0, monkeypatch):
     from prefloop.train.rounds import run_round
 
     store = _with_better_answers(ready_store(tiny_v0))  # 6 a/b votes, 4 written answers, 2 held out
-    seen = {}
-    real = recipe.make_trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        seen["trainer"] = trainer
-        return trainer
-
-    monkeypatch.setattr(recipe, "make_trainer", spy)
+    seen = trainer_spy(monkeypatch)
     before = base_state(store)
     summary = run_round(store, _new_round(store, method="sft"))
     done = store.round(summary["round_id"])

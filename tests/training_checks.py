@@ -32,3 +32,19 @@ def learned(store, name: str) -> bool:
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and all(torch.isfinite(t).all() for t in lora_b)
     return any(t.abs().sum() > 0 for t in lora_b)
+
+
+def trainer_spy(monkeypatch) -> dict:
+    """Record the trainer a round builds (``seen["trainer"]``), so a test can read the data and
+    arguments the real trainer runs with; the round itself runs unchanged."""
+    from prefloop.train import recipe
+
+    seen: dict = {}
+    real = recipe.make_trainer
+
+    def spy(*args, **kwargs):
+        seen["trainer"] = real(*args, **kwargs)
+        return seen["trainer"]
+
+    monkeypatch.setattr(recipe, "make_trainer", spy)
+    return seen
