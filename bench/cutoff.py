@@ -31,17 +31,24 @@ def main() -> None:
     parser.add_argument("--caps", default="256,384,512,768")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
     from prefloop.engine.generation import SamplingParams, generate, sampling_dtype
+    from prefloop.engine.models import default_device
 
     caps = sorted(int(c) for c in args.caps.split(","))
-    model, tokenizer = open_v0(dtype=sampling_dtype("cpu"))
+    device = default_device()  # as the sampler: the GPU where there is one, in its sampling dtype
+    model, tokenizer = open_v0(device=device, dtype=sampling_dtype(device))
     conversations = train_prompts(args.prompts)
-    print(f"{len(conversations)} train starter prompts, one answer each, T 0.9, top-p 0.95, sampled at {caps[-1]} tokens")
+    print(f"{len(conversations)} train starter prompts, one answer each, T {args.temperature}, top-p {args.top_p}, "
+          f"sampled at {caps[-1]} "
+          f"tokens on {device} ({model.dtype})")
     results = {}
     for penalty in (float(p) for p in args.penalties.split(",")):
-        params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=caps[-1], repetition_penalty=penalty)
+        params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=caps[-1], repetition_penalty=penalty)
         started = time.perf_counter()
         out = generate(model, tokenizer, conversations, params, [args.seed + i for i in range(len(conversations))],
                        batch_size=args.batch_size)
@@ -52,7 +59,10 @@ def main() -> None:
                             "mean_tokens": sum(lengths) / len(lengths)}
         print(f"penalty {penalty}: " + "  ".join(f"{cap}: {rate:.1%}" for cap, rate in rates.items())
               + f"  ({seconds / len(lengths):.2f} s/answer, mean {sum(lengths) / len(lengths):.0f} tokens)", flush=True)
-    print(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    report = {"device": device, "prompts": len(conversations), "temperature": args.temperature, "top_p": args.top_p, "penalties": {str(k): v for k, v in results.items()}}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def load_prompts(n: int) -> list[list[dict]]:
     return [[{"role": "user", "content": row["prompt"]}] for row in lines[:n]]
 
 
-def open_v0(dtype=None):
+def open_v0(dtype=None, device=None):
     from prefloop.db.store import Store
     from prefloop.engine import models
 
@@ -49,7 +49,7 @@ def open_v0(dtype=None):
         print(f"converting the bundled model into {os.environ['PREFLOOP_HOME']} ...", flush=True)
         models.create_base_version(Store())
     store = Store()
-    return models.load_version(store, "v0", dtype=dtype)
+    return models.load_version(store, "v0", device=device, dtype=dtype)
 
 
 def baseline(model, tokenizer, conversations, params) -> tuple[int, float]:

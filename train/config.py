@@ -78,7 +78,7 @@ class RoundConfig:
         metadata={"help": "dropout on the LoRA input (above 0 also keeps the model's own dropout on)"},
     )
     max_length: int = field(
-        default=512,  # prompt + response; SmolLM answers are short, and this keeps CPU rounds fast
+        default=1024,  # prompt (at most max_prompt_length) + the longest answer the sampler may give
         metadata={"help": "tokens per prompt+response sequence (longer is truncated)"},
     )
     max_prompt_length: int = field(
