@@ -75,6 +75,29 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ending_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
+    """The tiny random model, changed so that its answers end on their own, after about 25 tokens
+    of noise (a random model almost never draws the end-of-turn token, so its answers all run to
+    the cap and have no length to learn). Every token's embedding gets the same first coordinate,
+    which after the final norm adds one constant to every logit, except the end-of-turn token's,
+    which gets more: a fixed chance to stop at each step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ending-model")
+    model = LlamaForCausalLM(LlamaConfig(**TINY_CONFIG))
+    with torch.no_grad():
+        embeddings = model.model.embed_tokens.weight  # tied: the output layer too
+        embeddings[:, 0] = 1.0
+        embeddings[TINY_CONFIG["eos_token_id"], 0] = 1.8
+    model.save_pretrained(out, safe_serialization=True)
+    for item in bundled_tokenizer_dir.iterdir():
+        shutil.copy(item, out / item.name)
+    return out
+
+
 @pytest.fixture
 def tiny_v0(store, tiny_model_dir):
     """A store whose active version v0 is the tiny random model."""

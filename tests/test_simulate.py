@@ -134,6 +134,33 @@ def test_simulation_runs_the_gate_like_production(tiny_v0):
     assert windows[0] and windows[1] and not windows[0] & windows[1]  # each pair learned once
 
 
+def test_a_verbose_judges_round_is_stopped_by_the_length_guard(store, ending_model_dir):
+    """Issue 14: a round trained by a judge that prefers longer answers agrees with its judge on
+    held-out pairs (so agreement alone would promote it), but its answers grew past the length
+    guard (candidate / parent mean tokens above gate_max_length_ratio, 1.3), and that alone
+    rejects it. Production's gate, production's path: sample, judge, train, gate."""
+    from prefloop.engine.models import create_base_version
+    from prefloop.evaluate.simulate import SimulationConfig, run_simulation
+
+    create_base_version(store, base_model=str(ending_model_dir))
+    store.add_prompts([{"text": f"Tell me something about topic {i}.", "split": "train"} for i in range(24)]
+                      + [{"text": f"Explain idea number {i}.", "split": "heldout"} for i in range(56)])
+    before = base_state(store)
+    config = SimulationConfig(rounds=1, pairs_per_round=24, heldout_pairs=56, eval_prompts=0, max_new_tokens=40,
+                              learning_rate=2e-3, epochs=2.0, precision="fp32", seed=1)
+    result = run_simulation(store, config, judge=judges.verbose, progress=False, log=lambda m: None)
+    gate = result["rounds"][0]["gate"]
+    assert gate["rows"] >= 30 and gate["lower_bound"] > 0.5, gate  # it learned its judge's taste
+    guards = gate["guards"]
+    assert guards["length_ratio"]["value"] > 1.3 and not guards["length_ratio"]["ok"], guards
+    assert guards["length_ratio"]["candidate"] > guards["length_ratio"]["parent"]
+    assert guards["kl"]["ok"] and guards["chosen_logp_drop"]["ok"], guards  # the length guard alone stops it
+    assert gate["decision"] == "reject" and "length ratio" in gate["reason"], gate
+    assert store.active_version()["name"] == "v0" and store.require_version("v1")["status"] == "rejected"
+    assert learned(store, "v1")
+    assert_unchanged(before, base_state(store))
+
+
 def test_simulation_with_all_judgments_trains_round_two_on_round_ones_pairs_too(tiny_v0):
     """`simulate --all-judgments` (issue 15's "use every vote", to be measured against the
     default): round 2's window holds round 1's pairs as well as its own, and the run records it."""
