@@ -1,12 +1,15 @@
-"""v0's cut-off rate (answers that hit max_new_tokens) by cap and repetition penalty.
+"""v0's cut-off rate (answers that hit max_new_tokens) by cap, repetition penalty, temperature, top-p.
 
-    PREFLOOP_HOME=/path/with/v0 python bench/cutoff.py --prompts 96 --penalties 1.1,1.2 --caps 256,384,512,768
+    PREFLOOP_HOME=/path/with/v0 python bench/cutoff.py --prompts 168 --penalties 1.1 --caps 256,384,512,768 \
+        --temperature 0.9 --top-p 0.8
+    PREFLOOP_HOME=/path/with/v0 python bench/cutoff.py --split heldout --caps 512 --top-p 0.8   # the check
 
-Train-split starter prompts only (never the held-out ones the gate and the reports use), one
-answer per prompt, sampled with prefloop's own decode loop at the sampling defaults (temperature
-0.9, top-p 0.95) and the *largest* cap; an answer at least N tokens long would have been cut at N,
-so one run per penalty gives the rate at every smaller cap. Prints a table and the time per
-answer, the cost a higher cap adds to filling the queue.
+Train-split starter prompts by default: choose settings there, then check the choice once on the
+held-out ones (``--split heldout``) that the gate and the reports use. One answer per prompt,
+sampled with prefloop's own decode loop on the default device at the *largest* cap; an answer at
+least N tokens long would have been cut at N, so one run per penalty gives the rate at every
+smaller cap. Prints a table and the time per answer, the cost a higher cap adds to filling the
+queue; --json also writes it.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from pathlib import Path
 from sampling import STARTER, open_v0
 
 
-def train_prompts(n: int) -> list[list[dict]]:
+def starter_prompts(n: int, split: str = "train") -> list[list[dict]]:
     rows = [json.loads(line) for line in Path(STARTER).read_text().splitlines() if line.strip()]
-    return [[{"role": "user", "content": r["prompt"]}] for r in rows if r.get("split", "train") == "train"][:n]
+    return [[{"role": "user", "content": r["prompt"]}] for r in rows if r.get("split", "train") == split][:n]
 
 
 def main() -> None:
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--caps", default="256,384,512,768")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=["train", "heldout"], default="train")
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--json", help="also write the results here")
@@ -42,8 +46,8 @@ def main() -> None:
     caps = sorted(int(c) for c in args.caps.split(","))
     device = default_device()  # as the sampler: the GPU where there is one, in its sampling dtype
     model, tokenizer = open_v0(device=device, dtype=sampling_dtype(device))
-    conversations = train_prompts(args.prompts)
-    print(f"{len(conversations)} train starter prompts, one answer each, T {args.temperature}, top-p {args.top_p}, "
+    conversations = starter_prompts(args.prompts, args.split)
+    print(f"{len(conversations)} {args.split} starter prompts, one answer each, T {args.temperature}, top-p {args.top_p}, "
           f"sampled at {caps[-1]} "
           f"tokens on {device} ({model.dtype})")
     results = {}
@@ -59,7 +63,8 @@ def main() -> None:
                             "mean_tokens": sum(lengths) / len(lengths)}
         print(f"penalty {penalty}: " + "  ".join(f"{cap}: {rate:.1%}" for cap, rate in rates.items())
               + f"  ({seconds / len(lengths):.2f} s/answer, mean {sum(lengths) / len(lengths):.0f} tokens)", flush=True)
-    report = {"device": device, "prompts": len(conversations), "temperature": args.temperature, "top_p": args.top_p, "penalties": {str(k): v for k, v in results.items()}}
+    report = {"device": device, "prompts": len(conversations), "split": args.split, "temperature": args.temperature,
+              "top_p": args.top_p, "penalties": {str(k): v for k, v in results.items()}}
     print(json.dumps(report, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

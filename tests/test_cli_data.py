@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from prefloop.db.settings import DEFAULT_SETTINGS
 from prefloop.db.store import Store
 
 
@@ -221,7 +222,7 @@ def test_settings_list_and_set(home, run):
     store = Store()
     assert store.get_setting("judgments_per_pair") == 3
     assert store.get_setting("sampling")["temperature"] == 0.5
-    assert store.get_setting("sampling")["max_new_tokens"] == 384  # merged, not replaced
+    assert store.get_setting("sampling")["max_new_tokens"] == DEFAULT_SETTINGS["sampling"]["max_new_tokens"]  # merged
     listed = json.loads(run("settings", "list", "--json").output)
     assert listed["gold_rate"] == 0.25
     assert "judgments_per_pair" in run("settings", "list").output
