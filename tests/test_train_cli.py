@@ -130,7 +130,12 @@ def test_ui_handlers_run_the_loop(tiny_v0):
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 50.0, 1, 0.1, 4, 0)
     assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
     add_judged_pairs(store, 4)
-    assert "4 new preference pairs" in ui.readiness_text(store, boss)
+    text = ui.readiness_text(store, boss)  # 4 a/b votes: 4 pairs, 8 KTO examples (winner and loser), no written answer
+    assert "4 new preference pairs (dpo, orpo), 8 KTO examples (kto), 0 written answers (sft)" in text, text
+    assert "a round needs 32" in text and "need 28 more preference pairs" in text
+    store.set_setting("min_new_pairs", 4)
+    assert "ready to train: dpo, orpo, kto" in ui.readiness_text(store, boss)
+    store.set_setting("min_new_pairs", 32)
     # the Train tab's sft margin reaches the round: 0 imitates nothing, 5 finds no winner that clear
     assert r"sft\_chosen\_margin is 0" in ui.start_round_action(store, boss, "sft", 5e-5, 1, 0.1, 4, 1, "auto", 0)
     assert "vote margin of 5" in ui.start_round_action(store, boss, "sft", 5e-5, 1, 0.1, 4, 1, "auto", 5)

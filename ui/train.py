@@ -69,15 +69,21 @@ def start_round_action(
 
 
 def readiness_text(store: Store, token: str | None) -> str:
+    """What each method would learn from now: preference pairs (dpo, orpo), labelled answers
+    (kto) and written better answers (sft, at the default vote margin 0), and which are ready."""
     try:
         auth.require_role(store, token, "maintainer")
 
-        state = readiness(store)
+        states = {method: readiness(store, RoundConfig(method=method)) for method in METHODS}
     except PrefloopError as error:
         return f"**{markdown_text(error)}**"
-    verdict = "ready to train" if state["ready"] else f"need {max(state['need'], 1) - state['have']} more"
+    state = states["dpo"]
+    ready = [method for method, one in states.items() if one["ready"]]
+    verdict = (f"ready to train: {', '.join(ready)}" if ready
+               else f"need {max(state['need'], 1) - state['have']} more preference pairs")
     return (f"Active version **{markdown_text(state['parent'])}**: {state['have']} new preference pairs "
-            f"(gate: {state['need']}) — {verdict}.")
+            f"(dpo, orpo), {states['kto']['have']} KTO examples (kto), {states['sft']['have']} written "
+            f"answers (sft); a round needs {state['need']} — {verdict}.")
 
 
 def rounds_table(store: Store, token: str | None) -> list[list[Any]]:
