@@ -80,6 +80,7 @@ def summary(runs: dict[str, list[dict]], pairs_per_round: int) -> dict:
             "max": [max(c[i] for c in curves) for i in range(rounds)],
             "promoted": sum(1 for r in results for x in r["rounds"][:rounds] if x["gate"]["promoted"]),
             "gate_judgments": sum(x.get("heldout_pairs", 0) for r in results for x in r["rounds"]) // len(results),
+            "stopped": [r["stopped"] for r in results if r.get("stopped")],  # a run that ended early says why
         }
     baseline = arms["random"]
     target = baseline["mean"][-1] if baseline["mean"] else 0.5
@@ -96,8 +97,9 @@ def table(judge: str, result: dict) -> str:
     for selection, arm in result["arms"].items():
         cells = "  ".join(f"{n}: {m:.1%} [{lo:.1%}, {hi:.1%}]"
                           for n, m, lo, hi in zip(arm["spent"], arm["mean"], arm["min"], arm["max"]))
-        lines.append(f"  {selection:<6} {cells}   (promoted rounds: {arm['promoted']}, "
-                     f"gate judgments per run: {arm['gate_judgments']})")
+        lines.append(f"  {selection:<6} {cells or 'no round ran in every seed'}   (promoted rounds: "
+                     f"{arm['promoted']}, gate judgments per run: {arm['gate_judgments']})")
+        lines.extend(f"         stopped: {reason}" for reason in arm["stopped"])
     if result["times_fewer"]:
         lines.append(f"  random's final {result['target']:.1%} took random {result['random_needs']:.0f} judgments, "
                      f"active {result['active_needs']:.0f}: {result['times_fewer']:.2f}x fewer")
