@@ -214,8 +214,13 @@ def test_child_process_round_finishes(tiny_v0):
     assert final["status"] in ("promoted", "trained"), final
     assert final["new_version_id"] and seen[-1] == 1.0
     assert learned(store, store.require_version(final["new_version_id"])["name"])
-    log = (store.path.parent / "rounds" / str(round_id) / "log.txt").read_text()
-    assert '"round_id"' in log
+    # the child stores the round's status first and prints its result line after: under load the
+    # line can reach the log a moment after wait_round returns (a CI run read the log too early)
+    log = store.path.parent / "rounds" / str(round_id) / "log.txt"
+    deadline = time.monotonic() + 60
+    while '"round_id"' not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert '"round_id"' in log.read_text()
 
 
 def test_one_round_at_a_time(tiny_v0):
