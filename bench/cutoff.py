@@ -47,9 +47,8 @@ def main() -> None:
     device = default_device()  # as the sampler: the GPU where there is one, in its sampling dtype
     model, tokenizer = open_v0(device=device, dtype=sampling_dtype(device))
     conversations = starter_prompts(args.prompts, args.split)
-    print(f"{len(conversations)} {args.split} starter prompts, one answer each, T {args.temperature}, top-p {args.top_p}, "
-          f"sampled at {caps[-1]} "
-          f"tokens on {device} ({model.dtype})")
+    print(f"{len(conversations)} {args.split} starter prompts, one answer each, T {args.temperature}, "
+          f"top-p {args.top_p}, sampled at {caps[-1]} tokens on {device} ({model.dtype})")
     results = {}
     for penalty in (float(p) for p in args.penalties.split(",")):
         params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=caps[-1], repetition_penalty=penalty)

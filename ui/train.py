@@ -14,7 +14,7 @@ from prefloop.annotate import auth
 from prefloop.db.store import Store
 from prefloop.engine import models
 from prefloop.errors import InputError, PrefloopError
-from prefloop.train.config import METHODS, PRECISIONS, RoundConfig
+from prefloop.train.config import METHODS, PHASES, PRECISIONS, RoundConfig
 from prefloop.train.rounds import (
     promote_round,
     readiness,
@@ -74,11 +74,13 @@ def readiness_text(store: Store, token: str | None) -> str:
     try:
         auth.require_role(store, token, "maintainer")
 
-        states = {method: readiness(store, RoundConfig(method=method)) for method in METHODS}
+        # one count per kind of row: orpo learns dpo's preference rows, sft-dpo both phases' rows
+        states = {method: readiness(store, RoundConfig(method=method)) for method in ("dpo", "kto", "sft")}
     except PrefloopError as error:
         return f"**{markdown_text(error)}**"
     state = states["dpo"]
-    ready = [method for method, one in states.items() if one["ready"]]
+    ready = [method for method in METHODS
+             if all(states["dpo" if phase == "orpo" else phase]["ready"] for phase in PHASES[method])]
     verdict = (f"ready to train: {', '.join(ready)}" if ready
                else f"need {max(state['need'], 1) - state['have']} more preference pairs")
     return (f"Active version **{markdown_text(state['parent'])}**: {state['have']} new preference pairs "
