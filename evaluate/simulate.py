@@ -300,6 +300,7 @@ def run_simulation(
             break
         log(f"round {index + 1}: {len(votes)} votes {counts}; training ({config.method})")
         finished = train_round(store, round_config(config, index))
+        models.release_memory()
         new = store.version(finished["new_version_id"]) if finished.get("new_version_id") else None
         if new is None:
             raise PrefloopError(
@@ -369,6 +370,7 @@ def run_simulation(
                 f"{result['mean_words']} vs {result['mean_words_v0']}"
             )
         result.setdefault("cutoff_rate", metrics.get("cutoff_rate"))
+        models.release_memory()
         result["seconds"] = round(time.perf_counter() - started, 1)
         results.append(result)
     return {
