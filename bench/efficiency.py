@@ -2,6 +2,7 @@
 
     PREFLOOP_HOME=/path/with/v0 python bench/efficiency.py --rounds 4 --pairs-per-round 48 --seeds 3 \\
         --judges listy,polite,finished --out bench-efficiency
+    python bench/efficiency.py --results docs/runs --out docs   # pool runs of bench/simulations.py instead
     python bench/efficiency.py --rounds 1 --pairs-per-round 4 --heldout-pairs 0 --seeds 1 --eval-prompts 4 \\
         --judges listy --out /tmp/efficiency-check   # a quick check that it runs (nothing is promoted)
 
@@ -142,7 +143,12 @@ def main() -> None:
     parser.add_argument("--heldout-pairs", type=int, default=None,
                         help="gate pairs per round (default: what the gate's minimum needs)")
     parser.add_argument("--out", default="bench-efficiency", help="folder for seed homes, results, table and plot")
+    parser.add_argument("--results", help="run nothing: pool the `simulate --json` files in this folder (e.g. made "
+                        "by bench/simulations.py, one process per seed) for the judges that have both arms")
     args = parser.parse_args()
+    if args.results:
+        report(pooled_runs(Path(args.results), args.judges), args.pairs_per_round, Path(args.out).resolve())
+        return
 
     from prefloop.db.store import Store
     from prefloop.evaluate.simulate import SimulationConfig, run_seeds
@@ -154,7 +160,7 @@ def main() -> None:
     store = Store()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results, texts = {}, []
+    results = {}
     for spec in args.judges.split(","):
         judge = spec if ":" in spec else f"prefloop.evaluate.judges:{spec}"
         name = judge.rsplit(":", 1)[-1]
@@ -167,7 +173,35 @@ def main() -> None:
             done = run_seeds(store, config, home=out / f"{name}-{selection}", progress=os.isatty(2))
             runs[selection] = done["seeds"]
             (out / f"{name}-{selection}.json").write_text(json.dumps(done, indent=1))
-        results[name] = summary(runs, args.pairs_per_round)
+        results[name] = runs
+    report(results, args.pairs_per_round, out)
+
+
+def pooled_runs(folder: Path, judges: str) -> dict[str, dict[str, list[dict]]]:
+    """{judge: {selection: runs}} from a folder of `simulate --json` files, for the judges asked
+    for that have runs of both selections."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from learning import group_runs
+
+    loaded = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    groups = group_runs([r for r in loaded if "rounds" in r or "seeds" in r])  # not efficiency.json
+    wanted = {spec.rsplit(":", 1)[-1] for spec in judges.split(",")}
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for (judge, method, selection), found in groups.items():
+        if judge in wanted and method == "dpo":
+            runs.setdefault(judge, {})[selection] = found
+    complete = {judge: arms for judge, arms in runs.items() if set(arms) == set(SELECTIONS)}
+    if not complete:
+        raise SystemExit(f"no judge of {sorted(wanted)} has both random and active dpo runs in {folder}")
+    return complete
+
+
+def report(runs: dict[str, dict[str, list[dict]]], pairs_per_round: int, out: Path) -> None:
+    """Table, JSON and plot of every judge's two arms."""
+    out.mkdir(parents=True, exist_ok=True)
+    results, texts = {}, []
+    for name, arms in runs.items():
+        results[name] = summary(arms, pairs_per_round)
         texts.append(table(name, results[name]))
         print(texts[-1], flush=True)
     (out / "efficiency.json").write_text(json.dumps(results, indent=1))

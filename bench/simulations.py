@@ -1,0 +1,152 @@
+"""Run many `prefloop simulate` seeds side by side, one process each, resumable.
+
+    python bench/simulations.py --judges concise,finished,listy --seeds 0,1,2 --rounds 3 \\
+        --parallel 2 --out docs/runs
+    python bench/simulations.py --judges coin --seeds 0,1,2 --rounds 3 --eval-prompts 0 --out docs/runs
+    python bench/learning.py docs/runs/*.json --out docs          # pool them: mean and spread
+
+Learning figures rest on several seeds of several judges, and on a small machine one round of the
+bundled model takes about 25 minutes: a 3-judge, 3-seed, 3-round set is more than a working
+session. So every (judge, selection, seed) run is its own job: its own home (``prefloop init``
+from the same v0 weights, the starter prompts), its own process (``OMP_NUM_THREADS`` 1, so
+``--parallel`` processes share the cores without oversubscribing them), and its own result file
+``<out>/<judge>-<selection>-s<seed>.json`` (``prefloop simulate --json``, written only when the
+run ends). A job whose result file exists is skipped, so a set interrupted by the end of a
+session goes on where it stopped when run again with the same options; the homes and logs of
+runs live under ``<out>/work`` (delete it once the set is complete).
+
+Settings are production's (`prefloop simulate` uses `prefloop train`'s defaults): pass only what
+a figure needs (``--selection``, ``--eval-prompts 0`` for a coin, whose win rate means nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Job:
+    judge: str  # a name in prefloop.evaluate.judges, or module:function
+    selection: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.judge.rsplit(':', 1)[-1]}-{self.selection}-s{self.seed}"
+
+    @property
+    def spec(self) -> str:
+        return self.judge if ":" in self.judge else f"prefloop.evaluate.judges:{self.judge}"
+
+
+def jobs_of(judges: str, selections: str, seeds: str) -> list[Job]:
+    """Every (judge, selection, seed), seeds outermost: a set cut short has every judge's first seeds."""
+    return [Job(j, s, int(seed)) for seed in seeds.split(",") for j in judges.split(",") for s in selections.split(",")]
+
+
+def default_v0() -> str:
+    """The v0 weights of $PREFLOOP_HOME, else the bundled model converted once into a temporary home."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sampling import open_v0
+
+    from prefloop.db.store import Store
+    from prefloop.engine import models
+
+    open_v0()
+    return str(models.version_path(Store().version("v0")))
+
+
+PREFLOOP = [sys.executable, "-c", "from prefloop.cli import cli; cli(prog_name='prefloop')"]  # this Python's
+
+
+def command(job: Job, args) -> list[str]:
+    cmd = [*PREFLOOP, "simulate", "--judge", job.spec, "--selection", job.selection,
+           "--seed", str(job.seed), "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
+           "--eval-prompts", str(args.eval_prompts), "--json"]
+    if args.heldout_pairs is not None:
+        cmd += ["--heldout-pairs", str(args.heldout_pairs)]
+    if args.all_judgments:
+        cmd.append("--all-judgments")
+    return cmd
+
+
+def start(job: Job, args, v0: str, out: Path) -> subprocess.Popen:
+    """Prepare the job's fresh home and start its simulation; stdout goes to a temporary file."""
+    work = out / "work" / job.name
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)  # an interrupted earlier try: start it again from nothing
+    (work / "home").mkdir(parents=True)
+    env = {**os.environ, "PREFLOOP_HOME": str(work / "home"), "OMP_NUM_THREADS": str(args.threads),
+           "MKL_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "MALLOC_ARENA_MAX": "2"}
+    log = open(work / "simulate.log", "w")
+    init = subprocess.run([*PREFLOOP, "init", "--base-model", v0],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+    if init.returncode:
+        raise SystemExit(f"{job.name}: prefloop init failed, see {work / 'simulate.log'}")
+    return subprocess.Popen(command(job, args), env=env, stdout=open(work / "result.json.part", "w"), stderr=log)
+
+
+def finish(job: Job, process: subprocess.Popen, out: Path) -> str:
+    """Move a finished run's result into place; say how it ended."""
+    work = out / "work" / job.name
+    part = work / "result.json.part"
+    if process.returncode == 0 and part.stat().st_size:
+        part.replace(out / f"{job.name}.json")
+        return f"{job.name}: done -> {out / (job.name + '.json')}"
+    tail = (work / "simulate.log").read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
+    return f"{job.name}: FAILED (exit {process.returncode}); log {work / 'simulate.log'}: " + " | ".join(tail)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judges", default="concise,finished,listy", help="comma list of judge names or module:function")
+    parser.add_argument("--selections", default="random", help="comma list: random, active")
+    parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs-per-round", type=int, default=48)
+    parser.add_argument("--heldout-pairs", type=int, default=None, help="default: what the gate minimum needs")
+    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out battles vs v0 per round (0: none)")
+    parser.add_argument("--all-judgments", action="store_true", help="rounds train on every closed train pair")
+    parser.add_argument("--parallel", type=int, default=2, help="simulations at once (one per core or two)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per simulation")
+    parser.add_argument("--v0", help="v0 weights folder (default: $PREFLOOP_HOME's v0, or the bundled model)")
+    parser.add_argument("--out", default="bench-simulations")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = jobs_of(args.judges, args.selections, args.seeds)
+    todo = [job for job in jobs if not (out / f"{job.name}.json").exists()]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already have results in {out}; {len(todo)} to run, "
+          f"{args.parallel} at a time", flush=True)
+    if not todo:
+        return
+    v0 = args.v0 or default_v0()
+    running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
+    failed = 0
+    while todo or running:
+        while todo and len(running) < args.parallel:
+            job = todo.pop(0)
+            running[job.name] = (job, start(job, args, v0, out), time.time())
+            print(f"{time.strftime('%H:%M:%S')} started {job.name}", flush=True)
+        time.sleep(5)
+        for name, (job, process, began) in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                message = finish(job, process, out)
+                failed += "FAILED" in message
+                print(f"{time.strftime('%H:%M:%S')} {message} ({(time.time() - began) / 60:.0f} min)", flush=True)
+    if failed:
+        raise SystemExit(f"{failed} run(s) failed")
+
+
+if __name__ == "__main__":
+    main()
