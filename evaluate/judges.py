@@ -22,6 +22,10 @@ Judge = Callable[[str, str, str], str]
 
 TIE_MARGIN_CHARS = 8  # answers this close in length are "about the same" to the length judges
 _LIST_LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S", re.MULTILINE)
+_WORD = re.compile(r"[A-Za-z']+")
+_READER = frozenset({"you", "your", "you're", "yours", "yourself", "you'll", "you've", "you'd"})
+PLAIN_TIE = 0.03  # mean word lengths within 3% of each other: "about as plain"
+PERSONAL_TIE = 0.5  # reader words per 100 within half a word: "about as personal"
 _POLITE = re.compile(r"\b(please|thank you|thanks|happy to help|glad to|you're welcome)\b", re.I)
 
 
@@ -74,6 +78,41 @@ def polite(prompt: str, a: str, b: str) -> str:
     if pa == pb:
         return "tie"
     return "a" if pa > pb else "b"
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text or "")
+
+
+def plain(prompt: str, a: str, b: str) -> str:
+    """Prefers plainer words: the shorter mean word length (letters per word), as plain-language
+    guides ask; within 3% a tie. Unlike ``listy``, ``polite`` and ``finished`` it is decisive on
+    most pairs (about 70% of v0's), and it is not a length taste: on v0's pairs it sides with
+    ``concise`` about half the time (README, "Judges")."""
+    wa, wb = _words(a), _words(b)
+    if not wa and not wb:
+        return "both_bad"
+    if not wa or not wb:  # an answer without words is missing, not plain
+        return "b" if not wa else "a"
+    ma, mb = (sum(map(len, w)) / len(w) for w in (wa, wb))
+    if abs(ma - mb) <= PLAIN_TIE * max(ma, mb):
+        return "tie"
+    return "a" if ma < mb else "b"
+
+
+def personal(prompt: str, a: str, b: str) -> str:
+    """Prefers the answer that speaks to the reader: more "you"/"your" per 100 words; within
+    half a word per 100 a tie. Decisive on about 60% of v0's pairs, and not a length taste (it
+    sides with ``concise`` on about a third of them)."""
+    wa, wb = ([w.lower() for w in _words(t)] for t in (a, b))
+    if not wa and not wb:
+        return "both_bad"
+    if not wa or not wb:
+        return "b" if not wa else "a"
+    ra, rb = (100 * sum(w in _READER for w in ws) / len(ws) for ws in (wa, wb))
+    if abs(ra - rb) < PERSONAL_TIE:
+        return "tie"
+    return "a" if ra > rb else "b"
 
 
 def noisy(judge: Judge, noise: float, rng: random.Random | None = None) -> Judge:

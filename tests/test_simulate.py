@@ -33,6 +33,18 @@ def test_verbose_listy_polite():
     assert judges.polite("q", "Thank you for asking! Happy to help.", "Fine.") == "a"
 
 
+def test_plain_and_personal_are_not_length_tastes():
+    # plain: shorter words win, whatever the answers' lengths
+    assert judges.plain("q", "It is a big red dog and it can run far.", "Magnificent") == "a"
+    assert judges.plain("q", "Extraordinary circumstances necessitate", "The cat sat on the mat all day long") == "b"
+    assert judges.plain("q", "one two six", "ten big dog") == "tie"
+    assert judges.plain("q", "", "words") == "b" and judges.plain("q", "...", "!") == "both_bad"
+    # personal: more reader words per 100 wins; the longer answer may win or lose
+    assert judges.personal("q", "The method works.", "You can do it your way, and you will see.") == "b"
+    assert judges.personal("q", "You should try it.", "You should try it and then also look at the rest of it.") == "a"
+    assert judges.personal("q", "Cats purr.", "Dogs bark loudly.") == "tie"
+
+
 def test_noisy_flips_about_the_right_share():
     rng = random.Random(0)
     judge = judges.noisy(judges.concise, 0.3, rng)
