@@ -1,7 +1,7 @@
 """Judgments spent against win rate gained: active pair selection against random (issue 15).
 
     PREFLOOP_HOME=/path/with/v0 python bench/efficiency.py --rounds 4 --pairs-per-round 48 --seeds 3 \\
-        --judges listy,polite,finished --out bench-efficiency
+        --judges plain,personal,listy --out bench-efficiency
     python bench/efficiency.py --results docs/runs --out docs   # pool runs of bench/simulations.py instead
     python bench/efficiency.py --rounds 1 --pairs-per-round 4 --heldout-pairs 0 --seeds 1 --eval-prompts 4 \\
         --judges listy --out /tmp/efficiency-check   # a quick check that it runs (nothing is promoted)
@@ -133,7 +133,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--judges", default="listy,polite,finished",
+    parser.add_argument("--judges", default="plain,personal,listy",
                         help="names in prefloop.evaluate.judges, or module:function specs")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--pairs-per-round", type=int, default=48)

@@ -87,8 +87,8 @@ def _words(text: str) -> list[str]:
 def plain(prompt: str, a: str, b: str) -> str:
     """Prefers plainer words: the shorter mean word length (letters per word), as plain-language
     guides ask; within 3% a tie. Unlike ``listy``, ``polite`` and ``finished`` it is decisive on
-    most pairs (about 70% of v0's), and it is not a length taste: on v0's pairs it sides with
-    ``concise`` about half the time (README, "Judges")."""
+    most pairs (61 of 85 of v0's), and it is not a length taste: where both decide, it sides with
+    ``concise`` on 30 of 57 (README, "Judges")."""
     wa, wb = _words(a), _words(b)
     if not wa and not wb:
         return "both_bad"
@@ -102,8 +102,8 @@ def plain(prompt: str, a: str, b: str) -> str:
 
 def personal(prompt: str, a: str, b: str) -> str:
     """Prefers the answer that speaks to the reader: more "you"/"your" per 100 words; within
-    half a word per 100 a tie. Decisive on about 60% of v0's pairs, and not a length taste (it
-    sides with ``concise`` on about a third of them)."""
+    half a word per 100 a tie. Decisive on 48 of 85 of v0's pairs, and not a length taste (where
+    both decide, it sides with ``concise`` on 13 of 47)."""
     wa, wb = ([w.lower() for w in _words(t)] for t in (a, b))
     if not wa and not wb:
         return "both_bad"
