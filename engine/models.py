@@ -213,7 +213,7 @@ def release_memory() -> None:
 
     glibc keeps the arenas that a training step's large, short-lived tensors used, so a process
     that trains and samples round after round (``prefloop simulate``) holds its peak from every
-    phase at once: two simulations side by side were killed for memory on a 24 GiB machine.
+    phase at once: simulations side by side were killed for memory on a 24 GiB machine.
     Collecting cycles (trainers and models refer to each other) and trimming the heap returns it.
     A no-op where the C library has no ``malloc_trim``.
     """

@@ -111,9 +111,9 @@ def trainer_settings(config: RoundConfig, on_gpu: bool, folder: Path) -> dict:
     if config.method in ("dpo", "kto"):
         # The reference is the parent and never changes during a round: run it once over the rows
         # instead of once per row per epoch inside every training step. In batches of the training
-        # batch, not bigger: the pass holds a vocabulary-wide row of log-probs for every answer
-        # token of the batch, and at 512-token answers a batch of 16 pairs took a round to 8.5 GiB
-        # (README, "Round time and round memory"); on a CPU bigger batches are not faster.
+        # batch: the pass holds a vocabulary-wide row of log-probs per answer token of its batch, so
+        # its memory grows with the batch while on a CPU a bigger batch is not faster. (The round's
+        # peak is the training step, not this pass: README, "Round time and round memory".)
         settings.update(precompute_ref_log_probs=True, precompute_ref_batch_size=config.batch_size)
     # Not a TRL field (_train takes it out before building the trainer): see completion_tokens_only.
     settings[COMPLETION_ONLY] = True
