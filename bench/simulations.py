@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -80,8 +81,6 @@ def start(job: Job, args, v0: str, out: Path) -> subprocess.Popen:
     """Prepare the job's fresh home and start its simulation; stdout goes to a temporary file."""
     work = out / "work" / job.name
     if work.exists():
-        import shutil
-
         shutil.rmtree(work)  # an interrupted earlier try: start it again from nothing
     (work / "home").mkdir(parents=True)
     env = {**os.environ, "PREFLOOP_HOME": str(work / "home"), "OMP_NUM_THREADS": str(args.threads),
