@@ -10,10 +10,13 @@ bundled model takes about 25 minutes: a 3-judge, 3-seed, 3-round set is more tha
 session. So every (judge, selection, seed) run is its own job: its own home (``prefloop init``
 from the same v0 weights, the starter prompts), its own process (``OMP_NUM_THREADS`` 1, so
 ``--parallel`` processes share the cores without oversubscribing them), and its own result file
-``<out>/<judge>-<selection>-s<seed>.json`` (``prefloop simulate --json``, written only when the
-run ends). A job whose result file exists is skipped, so a set interrupted by the end of a
-session goes on where it stopped when run again with the same options; the homes and logs of
-runs live under ``<out>/work`` (delete it once the set is complete).
+``<out>/<judge>-<selection>-s<seed>.json`` (``prefloop simulate --json``, written when the run
+ends). A job whose result file exists is skipped, so a set interrupted by the end of a session
+goes on where it stopped when run again with the same options; the homes and logs of runs live
+under ``<out>/work`` (delete it once the set is complete). Each run also rewrites
+``<out>/work/<name>/partial.json`` after every round (``simulate --partial-json``); a run that
+fails or is cut short leaves its finished rounds in ``<out>/<name>.partial.json`` once this
+script sees it end (or take them from the work folder), marked ``"finished": false``.
 
 Settings are production's (`prefloop simulate` uses `prefloop train`'s defaults): pass only what
 a figure needs (``--selection``, ``--eval-prompts 0`` for a coin, whose win rate means nothing).
@@ -69,7 +72,8 @@ PREFLOOP = [sys.executable, "-c", "from prefloop.cli import cli; cli(prog_name='
 def command(job: Job, args) -> list[str]:
     cmd = [*PREFLOOP, "simulate", "--judge", job.spec, "--selection", job.selection,
            "--seed", str(job.seed), "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
-           "--eval-prompts", str(args.eval_prompts), "--json"]
+           "--eval-prompts", str(args.eval_prompts), "--json",
+           "--partial-json", str(args.out_dir / "work" / job.name / "partial.json")]
     if args.heldout_pairs is not None:
         cmd += ["--heldout-pairs", str(args.heldout_pairs)]
     if args.all_judgments:
@@ -100,8 +104,13 @@ def finish(job: Job, process: subprocess.Popen, out: Path) -> str:
     if process.returncode == 0 and part.stat().st_size:
         part.replace(out / f"{job.name}.json")
         return f"{job.name}: done -> {out / (job.name + '.json')}"
+    partial = work / "partial.json"
+    kept = ""
+    if partial.exists():
+        partial.replace(out / f"{job.name}.partial.json")
+        kept = f"; its finished rounds are in {out / (job.name + '.partial.json')}"
     tail = (work / "simulate.log").read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
-    return f"{job.name}: FAILED (exit {process.returncode}); log {work / 'simulate.log'}: " + " | ".join(tail)
+    return f"{job.name}: FAILED (exit {process.returncode}){kept}; log {work / 'simulate.log'}: " + " | ".join(tail)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench-simulations")
     args = parser.parse_args(argv)
 
-    out = Path(args.out).resolve()
+    out = args.out_dir = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     jobs = jobs_of(args.judges, args.selections, args.seeds)
     todo = [job for job in jobs if not (out / f"{job.name}.json").exists()]

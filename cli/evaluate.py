@@ -16,7 +16,7 @@ from prefloop.errors import PrefloopError
 from prefloop.evaluate.judges import load_judge
 from prefloop.evaluate.plots import save_plots, simulation_rows
 from prefloop.evaluate.report import build_report
-from prefloop.evaluate.simulate import SimulationConfig, run_seeds, run_simulation
+from prefloop.evaluate.simulate import SimulationConfig, partial_writer, run_seeds, run_simulation
 from prefloop.train.config import METHODS
 
 
@@ -122,10 +122,14 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--temperature", type=float, help="sampling temperature (default: the sampling setting)")
 @click.option("--max-new-tokens", type=int, help="response length cap (default: the sampling setting)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option("--partial-json", "partial_path", type=click.Path(dir_okay=False),
+              help="after every round, write the --json object of the rounds finished so far to this file "
+                   "(\"finished\": false until the end): a run cut short keeps them")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
 def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, selection,
                      candidates, all_judgments, noise, seed,
-                     eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, png_dir):
+                     eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, partial_path,
+                     png_dir):
     """Run the loop unattended with a simulated judge, as production runs it: sample, vote, train,
     gate (promote only on held-out evidence), battle v0. Settings are `prefloop train`'s defaults.
 
@@ -142,11 +146,14 @@ def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promot
     judge_fn = load_judge(judge)  # fail fast, before any model loads
     started = time.perf_counter()
     # Training libraries print their logs to stdout; stdout carries only our answer.
+    on_round = partial_writer(Path(partial_path)) if partial_path else None
     with contextlib.redirect_stdout(sys.stderr):
         if seeds > 1:
-            result = run_seeds(Store(), config, judge=judge_fn, log=_log)
+            result = run_seeds(Store(), config, judge=judge_fn, log=_log, on_round=on_round)
         else:
-            result = run_simulation(Store(), config, judge=judge_fn, log=_log)
+            result = run_simulation(Store(), config, judge=judge_fn, log=_log, on_round=on_round)
+    if on_round:
+        on_round(result)  # "finished": true
     runs = result["seeds"] if seeds > 1 else [result]
     if as_json:
         click.echo(json.dumps(result))

@@ -278,3 +278,12 @@ def m006_pair_selection(db: sqlite_utils.Database) -> None:
     ``{"method": "random" | "active", "k": candidates sampled, "criterion": ..., "score": ...}``.
     Null on pairs made before this migration, on battles, gold, live pairs and singles."""
     db["pairs"].add_column("selection", str)
+
+
+@migrations()
+def m007_drop_promotion_min_accuracy(db: sqlite_utils.Database) -> None:
+    """``promotion_min_accuracy`` was the gate before issue 14's evidence gate (``gate_*``
+    settings). Nothing reads it any more, so a home that stored it loses the row instead of
+    showing a setting that does nothing."""
+    if "settings" in db.table_names():
+        db.execute("delete from settings where key = 'promotion_min_accuracy'")

@@ -23,7 +23,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "queue_target": 16,  # ready pairs the background sampler keeps per active version
     "gold_rate": 0.0,  # share of served pairs that are gold pairs, when any exist
     "min_new_pairs": 32,  # readiness gate for a training round
-    "promotion_min_accuracy": 0.5,  # legacy: the evidence gate (gate_* below) decides promotion now
     "auto_train_every": 0,  # start a round every N new judgments; 0 = off
     # v0 on the starter prompts (README, "Cut-off rate"): with top-p 0.95 about 12% of answers
     # never end (12.5% still cut off at 1024 tokens), and a stronger repetition penalty makes it
@@ -62,7 +61,6 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "queue_target": (int, 0, None),
     "gold_rate": (float, 0.0, 1.0),
     "min_new_pairs": (int, 0, None),
-    "promotion_min_accuracy": (float, 0.0, 1.0),
     "auto_train_every": (int, 0, None),
     "gate_share": (float, 0.0, 0.9),
     "gate_min_rows": (int, 1, None),

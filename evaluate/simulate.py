@@ -23,6 +23,7 @@ same v0 and prompts, and reports the mean and spread over seeds.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -244,8 +245,13 @@ def run_simulation(
     judge: Judge | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    on_round: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run ``config.rounds`` rounds; returns {"rounds": [...], ...} (the ``--json`` object)."""
+    """Run ``config.rounds`` rounds; returns {"rounds": [...], ...} (the ``--json`` object).
+
+    ``on_round`` gets that object after every finished round (``"finished": false`` until the
+    last): a bundled-model round takes about 20 minutes on a small machine, so a run cut short
+    (a session's end, a killed process) still leaves the rounds it finished."""
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -373,6 +379,14 @@ def run_simulation(
         models.release_memory()
         result["seconds"] = round(time.perf_counter() - started, 1)
         results.append(result)
+        if on_round:
+            on_round(_run_summary(store, config, params, gate_pairs, base, results, None, started_all, finished=False))
+    return _run_summary(store, config, params, gate_pairs, base, results, stopped, started_all, finished=True)
+
+
+def _run_summary(store: Store, config: SimulationConfig, params: SamplingParams, gate_pairs: int, base: str,
+                 results: list[dict], stopped: str | None, started_all: float, *, finished: bool) -> dict:
+    """The ``--json`` object of a run, with the rounds finished so far."""
     return {
         "judge": config.judge,
         "method": config.method,
@@ -391,7 +405,21 @@ def run_simulation(
         "rounds": results,
         "stopped": stopped,
         "seconds": round(time.perf_counter() - started_all, 1),
+        "finished": finished,
     }
+
+
+def partial_writer(path: Path) -> Callable[[dict], None]:
+    """An ``on_round`` that rewrites ``path`` with the result so far, atomically (a reader, or a
+    process killed mid-write, never sees half a file)."""
+
+    def write(result: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".tmp")
+        part.write_text(json.dumps(result))
+        part.replace(path)
+
+    return write
 
 
 def _tqdm_progress(description: str) -> Callable[[int, int], None]:
@@ -432,11 +460,13 @@ def run_seeds(
     log: Callable[[str], None] | None = None,
     progress: bool = True,
     home: Path | None = None,
+    on_round: Callable[[dict], None] | None = None,
 ) -> dict:
     """``config.seeds`` runs (seeds seed, seed+1, ...), each in a fresh home folder under this
     one (``sim-seed-<n>``; under ``home`` when given, so several comparisons can share one v0)
     holding this home's v0 (used in place) and its prompts; returns {"seeds": [each run's
-    result], "summary": mean and spread per round}."""
+    result], "summary": mean and spread per round}; ``on_round`` gets that object, with the rounds
+    finished so far, after every round."""
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -466,7 +496,11 @@ def run_seeds(
             for key, value in settings.items():
                 seed_store.set_setting(key, value)
             one = SimulationConfig(**{**config.__dict__, "seed": seed, "seeds": 1})
-            runs.append(run_simulation(seed_store, one, judge=judge, log=log, progress=progress))
+            def partial(run: dict) -> None:
+                if on_round:
+                    on_round({"seeds": [*runs, run], "summary": summarise([*runs, run])})
+
+            runs.append(run_simulation(seed_store, one, judge=judge, log=log, progress=progress, on_round=partial))
             seed_store.close()
         finally:
             if previous is None:

@@ -108,8 +108,8 @@ def tiny_v0(store, tiny_model_dir):
 
 
 def force_setting(store, key: str, value) -> None:
-    """Write a setting past the store's limits (tests only): e.g. an accuracy bar of 1.01 that
-    no candidate can reach, to keep a finished round waiting."""
+    """Write a setting past the store's limits (tests only): e.g. a value an old version allowed,
+    to see how today's code reads it."""
     import json
 
     with store.write() as db:

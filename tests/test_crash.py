@@ -158,7 +158,6 @@ def _kill_round_under_load(home, tiny_model_dir, point: str) -> dict:
     store = Store()
     if point == "finishing":  # held-out judgments: measuring them keeps the child busy after training
         _judged_heldout_pairs(store, 24)
-        store.set_setting("promotion_min_accuracy", 1.0)  # a finished round waits; v0 stays active
     server = AppServer(home, sampler=True).start()
     result, stop = LoadResult(), threading.Event()
     runner = threading.Thread(

@@ -92,14 +92,17 @@ def _fake_v1(store):
                                            status="ready")
 
 
-def test_simulate_cli_json_shape(tiny_v0):
+def test_simulate_cli_json_shape(tiny_v0, tmp_path):
     tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(6)]
                         + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(4)])
     result = CliRunner().invoke(cli, [
         "simulate", "--judge", "tests.sim_judges:decisive", "--rounds", "1", "--pairs-per-round", "6",
-        "--eval-prompts", "4", "--max-new-tokens", "8", "--epochs", "1", "--json"])
+        "--eval-prompts", "4", "--max-new-tokens", "8", "--epochs", "1", "--json",
+        "--partial-json", str(tmp_path / "runs" / "partial.json")])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)  # the whole of stdout is one JSON object: nothing else
+    assert payload["finished"] is True
+    assert json.loads((tmp_path / "runs" / "partial.json").read_text()) == payload  # the last rewrite is the result
     (first,) = payload["rounds"]
     for key in ("version", "win_rate_vs_v0", "ci_low", "ci_high", "pairs", "seconds", "cutoff_rate", "gate"):
         assert key in first

@@ -94,7 +94,7 @@ REFUSED = [
     ("setting-dash-value-without-separator", {}, ["settings", "set", "judgments_per_pair", "-3"], "No such option"),
     ("setting-bool", {}, ["settings", "set", "queue_target", "true"], "whole number"),
     ("setting-nan", {}, ["settings", "set", "gold_rate", "NaN"], "finite"),
-    ("setting-infinity", {}, ["settings", "set", "promotion_min_accuracy", "--", "-Infinity"], "finite"),
+    ("setting-infinity", {}, ["settings", "set", "gate_confidence", "--", "-Infinity"], "finite"),
     ("setting-huge-int", {}, ["settings", "set", "queue_target", "1" + "0" * 30], "too large"),
     ("setting-active-version", {}, ["settings", "set", "active_version", "v9"], "promoting or rolling back"),
     ("sampling-not-object", {}, ["settings", "set", "sampling", "[1, 2]"], "must be a JSON object"),

@@ -99,6 +99,6 @@ def test_thirty_two_annotators_while_sampler_and_round_run(home, tiny_model_dir)
     store, result, round_row, log = _load_scenario(home, tiny_model_dir, 32, 50, with_round=True)
     _check(store, result, 32, 50, log)
     assert round_row is not None, "the training round never started"
-    # no held-out judgments and promotion_min_accuracy 0.5: the candidate waits, v0 stays active
+    # no held-out judgments: the gate waits, v0 stays active
     assert round_row["status"] == "trained", round_row
     assert store.round_metrics(round_row["id"]), "the round wrote no metrics"

@@ -412,7 +412,6 @@ def test_a_pairs_votes_are_learned_together_once(tiny_v0):
     from prefloop.train.rounds import run_round
 
     store = ready_store(tiny_v0, heldout=0)
-    store.set_setting("promotion_min_accuracy", 0.0)  # 83dfaf7's gate off: round 1 promotes there
     live = add_pair(store, "A live prompt?", "Short.", "A much longer answer that rambles on.", purpose="live", wanted=3)
     judge(store, live, "ann1", "a")
     first = new_round(store)

@@ -262,3 +262,30 @@ def test_simulation_with_active_selection_queues_chosen_pairs(tiny_v0):
     assert gate and all(s["method"] == "random" for s in gate)
     with pytest.raises(PrefloopError, match="selection must be one of"):
         SimulationConfig(selection="clever").validate()
+
+
+def test_a_run_cut_short_keeps_its_finished_rounds(tiny_v0, tmp_path):
+    """`simulate --partial-json`: the file is rewritten after every round, so a run that dies in
+    round 2 (here its judge fails) still leaves round 1, marked unfinished."""
+    from prefloop.evaluate.simulate import SimulationConfig, partial_writer, run_simulation
+
+    store = tiny_v0
+    _prompts(store, train=6, heldout=2)
+    calls = {"n": 0}
+
+    def judge_that_breaks(prompt, a, b):
+        calls["n"] += 1
+        if calls["n"] > 6:  # round 1's 6 train pairs are judged; round 2's first vote fails
+            raise RuntimeError("the judge's service went away")
+        return decisive(prompt, a, b)
+
+    path = tmp_path / "partial.json"
+    config = SimulationConfig(rounds=2, pairs_per_round=6, heldout_pairs=0, eval_prompts=0, max_new_tokens=6,
+                              epochs=1.0, precision="fp32", seed=1)
+    with pytest.raises(RuntimeError, match="went away"):
+        run_simulation(store, config, judge=judge_that_breaks, progress=False, log=lambda m: None,
+                       on_round=partial_writer(path))
+    kept = json.loads(path.read_text())
+    assert kept["finished"] is False and [r["round"] for r in kept["rounds"]] == [1]
+    assert kept["rounds"][0]["version"] == "v1" and kept["seed"] == 1
+    assert not path.with_name(path.name + ".tmp").exists()

@@ -59,7 +59,7 @@ def test_wal_and_foreign_keys_on(store):
 def test_migrations_are_idempotent(home):
     Store()
     again = Store()
-    assert again.scalar("select count(*) from _sqlite_migrations") == 6
+    assert again.scalar("select count(*) from _sqlite_migrations") == 7
 
 
 def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp_path):
@@ -76,6 +76,26 @@ def test_the_active_version_setting_of_an_old_home_becomes_the_pointer(home, tmp
     m002_active_version_pointer(db)
     assert db.execute("select version_id from active_version").fetchall() == [(2,)]
     assert db.execute("select count(*) from settings where key = 'active_version'").fetchone() == (0,)
+
+
+def test_the_legacy_promotion_setting_of_an_old_home_is_dropped(home, tmp_path):
+    """m007: promotion_min_accuracy (the gate before issue 14) is read by nothing, so an old home
+    that stored it loses the row instead of listing a setting that does nothing."""
+    import sqlite_utils
+
+    from prefloop.db.migrations import migrations
+    from prefloop.db.store import Store
+
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="m007_drop_promotion_min_accuracy")
+    db.execute("insert into settings (key, value) values ('promotion_min_accuracy', '0.5'), ('queue_target', '8')")
+    db.conn.commit()
+    db.close()
+    store = Store(path)
+    assert store.scalar("select count(*) from settings where key = 'promotion_min_accuracy'") == 0
+    assert "promotion_min_accuracy" not in store.all_settings()
+    assert store.get_setting("queue_target") == 8  # the other settings stay
 
 
 def test_settings_are_checked_by_the_store_whoever_writes(store):

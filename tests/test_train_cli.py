@@ -32,7 +32,6 @@ def test_commands_have_help_with_examples():
 
 def test_train_in_process_then_rounds_commands(tiny_v0):
     store = tiny_v0
-    force_setting(store, "promotion_min_accuracy", 1.01)  # keep the candidate waiting
     add_judged_pairs(store, 4)
     add_judged_pairs(store, 2, split="heldout", tag="h")
     before = base_state(store)
@@ -125,7 +124,7 @@ def test_ui_handlers_run_the_loop(tiny_v0):
 
     store = tiny_v0
     boss, _ = tokens(store)
-    force_setting(store, "promotion_min_accuracy", 1.01)
+    force_setting(store, "gate_min_rows", 10**6)  # keep the candidate waiting
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4)
     assert "Not started" in ui.start_round_action(store, boss, "dpo", 50.0, 1, 0.1, 4, 0)
     assert "precision must be one of" in ui.start_round_action(store, boss, "dpo", 5e-5, 1, 0.1, 4, 0, "fp16")
