@@ -10,7 +10,9 @@ judge, method and selection, and prints per round, over seeds: how many runs rea
 how many candidates the gate promoted, the candidate's blind win rate vs v0 (mean, sd, min-max),
 the gate's rows and agreement, and the candidate's cut-off rate; plus v0's cut-off rate. With
 ``--out`` it writes the pooled summary (JSON) and a plot: one panel per judge, each seed's win
-rate by round (filled marker: promoted; hollow: rejected or waiting), the mean as a line.
+rate by round (filled marker: promoted; hollow: rejected or waiting), the mean as a line; a judge
+never battled (a coin) shows the gate's agreement and lower bound instead. Partial results
+(``simulate --partial-json``, ``"finished": false``) pool like the rest and are labelled so.
 
 A seed that appears twice for the same judge, method and selection is an error (a rerun should
 replace its file, not be averaged with it).
@@ -85,29 +87,42 @@ def table(groups: dict[tuple, list[dict]]) -> str:
 
 
 def plot(groups: dict[tuple, list[dict]], path: Path) -> None:
+    """One panel per group: each seed's candidate win rate vs v0 by round (filled marker: promoted;
+    hollow: rejected or waiting) and the mean. A group that was never battled (a coin judge, run
+    with ``--eval-prompts 0``) shows what the gate saw instead: each seed's held-out agreement
+    (solid) and its lower bound (dotted), which must stay under 0.5 for nothing to be promoted."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(4.2 * len(groups), 3.6))
     for index, ((judge, method, selection), runs) in enumerate(groups.items()):
         axes = figure.add_subplot(1, len(groups), index + 1)
+        battled = any(r.get("win_rate_vs_v0") is not None for run in runs for r in run["rounds"])
+        value = (lambda r: r.get("win_rate_vs_v0")) if battled else (lambda r: r["gate"].get("accuracy"))
         for run in runs:
-            xs = [r["round"] for r in run["rounds"] if r.get("win_rate_vs_v0") is not None]
-            ys = [r["win_rate_vs_v0"] for r in run["rounds"] if r.get("win_rate_vs_v0") is not None]
-            line, = axes.plot(xs, ys, linewidth=0.8, alpha=0.6, label=f"seed {run['seed']}")
-            for result in run["rounds"]:
-                if result.get("win_rate_vs_v0") is None:
-                    continue
+            done = [r for r in run["rounds"] if value(r) is not None]
+            label = f"seed {run['seed']}" + ("" if run.get("finished", True) else " (cut short)")
+            line, = axes.plot([r["round"] for r in done], [value(r) for r in done], linewidth=0.8, alpha=0.6,
+                              label=label)
+            for result in done:
                 promoted = result["gate"]["promoted"]
-                axes.plot([result["round"]], [result["win_rate_vs_v0"]], marker="o", color=line.get_color(),
+                axes.plot([result["round"]], [value(result)], marker="o", color=line.get_color(),
                           markerfacecolor=line.get_color() if promoted else "white")
+            if not battled:
+                bounds = [(r["round"], r["gate"]["lower_bound"]) for r in done if r["gate"].get("lower_bound") is not None]
+                if bounds:
+                    axes.plot(*zip(*bounds), color=line.get_color(), linewidth=0.8, linestyle=":")
         summary = pooled(runs)
-        means = [(e["round"], e["win_rate_vs_v0"]["mean"]) for e in summary["rounds"] if e["win_rate_vs_v0"]["n"]]
+        key = "win_rate_vs_v0" if battled else "gate_accuracy"
+        means = [(e["round"], e[key]["mean"]) for e in summary["rounds"] if e[key]["n"]]
         if means:
             axes.plot(*zip(*means), color="black", linewidth=2, label="mean")
         axes.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
         axes.set_title(f"{judge} ({method}, {selection})", parse_math=False)
         axes.set_xlabel("round (filled: promoted)")
-        axes.set_ylabel("candidate's win rate vs v0")
+        axes.set_ylabel("candidate's win rate vs v0" if battled
+                        else "gate agreement (dotted: its lower bound)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylim(0, 1)
         axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
