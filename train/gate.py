@@ -20,9 +20,11 @@ Promotion needs all of:
   (default 99%), above 0.5. A candidate that agrees by chance passes 1% of the time, whatever the
   count (at 30 rows it needs 22 agreements, at 40 it needs 28). Why 99% and not 95%: a parent's
   held-out judgments are re-used by every round that trains on it, so one coin-flip judge meets
-  the test once per round: at 95% a coin got its first round promoted (25 of 38, README), and null
-  adapters passed 1-2 of 20 trials, where the issue asks for at most 1; at 99% a coin passes about
-  3% of 3-round runs. The real concise round (28 of 37 agree) still clears it (bound 0.57);
+  the test once per round: at 95% a coin got a round promoted in an early run (25 of 38), both
+  coin seeds of docs/runs would have had their third round promoted (67 of 114, 68 of 112), and
+  null adapters passed 1-2 of 20 trials, where the issue asks for at most 1; at 99% a coin passes
+  at most about 3% of 3-round runs (union bound). Real concise rounds still clear it (27 of 37,
+  26 of 35, README) but one that won 70% of its battles did not (23 of 34): 99% costs power;
 * drift guards, measured on the same held-out prompts:
   - ``length_ratio``: the candidate's mean response tokens over the parent's, from fresh samples
     with the production sampling settings, within [gate_min_length_ratio, gate_max_length_ratio]
