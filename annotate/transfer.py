@@ -8,8 +8,9 @@ judgment a line with everything needed to trace it, by *names and texts*, never 
 prompt (text, chat messages, kind, source, split), the pair (purpose, gold answer, judgments
 wanted, created_at, mode, and ``selection``: how the sampler chose it, annotate/selection.py), both generations (version name, sampling params, seed, text, token counts,
 finish reason, latency, created_at), the generation shown on the left ("a"/"b"), the annotator's
-*name* (never a password hash), the choice, reasons, comment, better answer, elapsed ms and
-created_at.
+*name* (never a password hash), the choice, reasons, comment, better answer, elapsed ms,
+created_at, and the guidelines in force when the vote was cast (text and created_at; null before
+any were written).
 
 Import checks every line before writing anything (a bad line names its number and changes
 nothing), then writes in one transaction, matching by content so importing twice adds nothing.
@@ -83,6 +84,9 @@ def judgment_records(store: Store) -> list[dict]:
             "better_answer": row["better_answer"],
             "elapsed_ms": row["elapsed_ms"],
             "created_at": row["created_at"],
+            # the guidelines the vote was cast under (null before any were written)
+            "guidelines": {"text": row["guidelines_text"], "created_at": row["guidelines_created_at"]}
+            if row["guidelines_text"] is not None else None,
         })
     return records
 
@@ -259,6 +263,11 @@ def check_record(r: Any) -> dict:
     if r.get("elapsed_ms") is not None and _integer(r["elapsed_ms"], "elapsed_ms") < 0:
         raise _Invalid("elapsed_ms cannot be negative")
     _timestamp(r.get("created_at"), "created_at")
+    guidelines = r.get("guidelines")  # records written before guidelines were exported have none
+    if guidelines is not None:
+        _require(guidelines, "guidelines", dict)
+        _text(guidelines.get("text"), "guidelines.text")
+        _timestamp(guidelines.get("created_at"), "guidelines.created_at")
     return r
 
 

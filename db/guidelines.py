@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prefloop.db.connection import Connection, now
+from prefloop.db.connection import Connection
+from prefloop.db.rows import insert_guidelines
 
 
 class GuidelineQueries(Connection):
@@ -11,11 +12,7 @@ class GuidelineQueries(Connection):
     def add_guidelines(self, text: str, created_by: int | None = None) -> int:
         """A new version of the guidelines (the old ones stay: votes point at them)."""
         with self.write() as db:
-            cursor = db.execute(
-                "insert into guidelines (text, created_by, created_at) values (?, ?, ?)",
-                [text, created_by, now()],
-            )
-            return cursor.lastrowid
+            return insert_guidelines(db, text, created_by=created_by)
 
     def current_guidelines(self) -> dict | None:
         return self.row("select * from guidelines order by id desc limit 1")

@@ -115,6 +115,16 @@ def insert_pair(db: sqlite_utils.Database, prompt_id: int, generation_ids: list[
     return cursor.lastrowid
 
 
+def insert_guidelines(db: sqlite_utils.Database, text: str, *, created_by: int | None = None,
+                      created_at: str | None = None) -> int:
+    """A new version of the annotation guidelines (append only: votes point at the old ones)."""
+    cursor = db.execute(
+        "insert into guidelines (text, created_by, created_at) values (?, ?, ?)",
+        [text, created_by, created_at or now()],
+    )
+    return cursor.lastrowid
+
+
 def insert_judgment(db: sqlite_utils.Database, pair_id: int, annotator_id: int, choice: str,
                     left_generation_id: int, *, better_answer: str | None = None,
                     reasons: list[str] | None = None, comment: str | None = None,

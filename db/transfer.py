@@ -12,6 +12,7 @@ from prefloop.db.rows import (
     JUDGMENT_LINEAGE_JOINS,
     insert_annotator,
     insert_generation,
+    insert_guidelines,
     insert_judgment,
     insert_pair,
     insert_prompt,
@@ -26,7 +27,7 @@ class TransferQueries(Connection):
     def judgment_export_rows(self) -> list[dict]:
         """Every judgment with its full lineage by *names and texts*, never ids or hashes:
         prompt, both generations (version name, params, seed, text), the side shown left, the
-        annotator's name. Used by ``prefloop.annotate.transfer``; ordered by judgment id."""
+        annotator's name, the guidelines in force (text and date). Used by ``prefloop.annotate.transfer``; ordered by judgment id."""
         rows = self.rows(
             "select j.choice, j.better_answer, j.reasons, j.comment, j.elapsed_ms, j.created_at, "
             "case when j.left_generation_id = x.generation_a_id then 'a' else 'b' end as shown_left, "
@@ -39,9 +40,11 @@ class TransferQueries(Connection):
                 for c in ("text", "params", "seed", "prompt_tokens", "completion_tokens",
                           "finish_reason", "latency_ms", "created_at")
             )
-            + ", va.name as ga_version, vb.name as gb_version "
+            + ", va.name as ga_version, vb.name as gb_version, "
+            "gl.text as guidelines_text, gl.created_at as guidelines_created_at "
             + JUDGMENT_LINEAGE_JOINS
-            + "order by j.id"
+            + "left join guidelines gl on gl.id = j.guideline_id "
+            "order by j.id"
         )
         return rows
 
@@ -51,13 +54,13 @@ class TransferQueries(Connection):
         Everything is matched by content, so importing the same file twice adds nothing:
         prompts by content hash, versions and annotators by name, generations by (prompt,
         version, seed, text, created_at), pairs by (generations, purpose, created_at), judgments
-        by (pair, annotator). Missing versions become lineage-only rows (status ``imported``, no
+        by (pair, annotator), guidelines by (text, created_at). Missing versions become lineage-only rows (status ``imported``, no
         weights: they can never be made active); missing annotators become disabled accounts
         with no password. New pairs are closed (``done``, or ``retired`` if judged less than
         wanted) so they never enter a queue.
         """
         counts = {k: 0 for k in ("judgments", "already_present", "prompts", "versions",
-                                 "annotators", "generations", "pairs")}
+                                 "annotators", "generations", "pairs", "guidelines")}
         stamp = now()
         with self.write() as db:
             def one(sql: str, params: list) -> Any:
@@ -119,10 +122,18 @@ class TransferQueries(Connection):
                     counts["already_present"] += 1
                     continue
                 left = generation_ids[0] if r["shown_left"] == "a" else generation_ids[1]
+                guideline_id = None
+                if r.get("guidelines"):
+                    text, created_at = r["guidelines"]["text"], r["guidelines"]["created_at"]
+                    guideline_id = one("select id from guidelines where text = ? and created_at = ?",
+                                       [text, created_at])
+                    if guideline_id is None:
+                        guideline_id = insert_guidelines(db, text, created_at=created_at)
+                        counts["guidelines"] += 1
                 insert_judgment(
                     db, pair_id, annotator_id, r["choice"], left, better_answer=r.get("better_answer"),
                     reasons=r.get("reasons"), comment=r.get("comment"), elapsed_ms=r.get("elapsed_ms"),
-                    created_at=r["created_at"],
+                    created_at=r["created_at"], guideline_id=guideline_id,
                 )
                 counts["judgments"] += 1
             for pair_id in new_pairs:

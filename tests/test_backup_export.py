@@ -239,17 +239,22 @@ def test_import_into_a_home_with_other_data_merges(store, tmp_path):
     other.close()
 
 
-def test_import_refuses_a_bad_line_and_writes_nothing(store, tmp_path):
+@pytest.mark.parametrize("field, value, message", [
+    ("choice", "left", "choice must be one of"),
+    ("guidelines", {"text": "", "created_at": "2026-01-01T00:00:00+00:00"}, "guidelines.text is empty"),
+    ("guidelines", "be nice", "guidelines must be"),
+])
+def test_import_refuses_a_bad_line_and_writes_nothing(store, tmp_path, field, value, message):
     populate(store, pairs=2)
     out, _ = transfer.export_judgments(store, tmp_path / "j.jsonl")
     lines = out.read_text().splitlines()
     broken = json.loads(lines[3])
-    broken["choice"] = "left"
+    broken[field] = value
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines[:3] + [json.dumps(broken)] + lines[4:]) + "\n")
     target = Store(tmp_path / "target.db")
     before = target.table_dump()
-    with pytest.raises(transfer.TransferError, match=r"bad.jsonl, line 4: choice must be one of"):
+    with pytest.raises(transfer.TransferError, match=rf"bad.jsonl, line 4: {message}"):
         transfer.import_judgments(target, bad)
     assert target.table_dump() == before
     target.close()

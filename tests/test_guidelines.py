@@ -38,6 +38,22 @@ def test_each_vote_records_the_guidelines_in_force(tiny_v0, tmp_path):
     history = run("guidelines", "show", "--history").output
     assert "v1" in history and "v2" in history
 
+    # lineage travels: an export names the guidelines of each vote by text and date, and an
+    # import into another home recreates them once and points each vote at its own
+    from prefloop.annotate.transfer import export_judgments, import_judgments, read_judgments
+    from prefloop.db.store import Store
+
+    path, _ = export_judgments(store, tmp_path / "votes.jsonl")
+    texts = [r["guidelines"] and r["guidelines"]["text"] for r in read_judgments(path)]
+    assert texts == [None, *(g["text"] for g in store.rows("select text from guidelines order by id"))]
+    assert "then shorter ones" in texts[1] and "whatever their length" in texts[2]
+    other = Store(tmp_path / "other" / "prefloop.db")
+    assert import_judgments(other, path)["guidelines"] == 2
+    moved = other.rows("select g.text from judgments j left join guidelines g on g.id = j.guideline_id order by j.id")
+    assert [r["text"] for r in moved] == texts
+    again = import_judgments(other, path)
+    assert again["guidelines"] == 0 and again["already_present"] == 3
+
 
 def test_guidelines_show_only_to_signed_in_annotators_and_render_inert(tiny_v0):
     from prefloop.annotate import guidelines
