@@ -37,6 +37,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "gate_min_length_ratio": 0.5,
     "gate_max_chosen_logp_drop": 0.3,  # nats per token the chosen answers may lose vs the parent
     "gate_max_kl": 0.15,  # KL(parent || candidate), nats per token, on the parent's held-out samples
+    "gate_max_cutoff_increase": 0.15,  # candidate's cut-off rate minus the parent's, on held-out prompts
     "thumbs_share": 0.0,  # share of the train queue that is single answers judged thumbs up/down
     # who writes a conversation's next user turn after a vote: off | same_annotator | anyone
     "continuation": "same_annotator",
@@ -69,6 +70,7 @@ SETTING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "gate_min_length_ratio": (float, 0.0, 1.0),
     "gate_max_chosen_logp_drop": (float, 0.0, None),
     "gate_max_kl": (float, 0.0, None),
+    "gate_max_cutoff_increase": (float, 0.0, 1.0),
     "thumbs_share": (float, 0.0, 1.0),
     "history_token_budget": (int, 16, 32768),
     "candidates_per_prompt": (int, 2, 16),

@@ -20,7 +20,7 @@ from prefloop.train import gate
 WORDS = ("apple river stone cloud music paper garden window silver doctor engine forest honey island "
          "jacket kettle lemon market number orange pencil quiet rabbit summer").split()
 LOOSE = gate.GateSettings(min_rows=30, max_length_ratio=10.0, min_length_ratio=0.0, max_chosen_logp_drop=1e9, max_kl=1e9)
-SAME_LENGTH = {"candidate": 10.0, "parent": 10.0}  # the length guard is tested on its own below
+SAME_LENGTH = {"candidate": 10.0, "parent": 10.0, "candidate_cutoff_rate": 0.0, "parent_cutoff_rate": 0.0}  # the length guard is tested on its own below
 
 
 def sorted_rows(n: int, rng: random.Random) -> list[dict]:
@@ -224,10 +224,16 @@ def test_drift_guards_stop_a_candidate_that_agrees():
                  "n_rejected": 10}] * 40
     settings = gate.GateSettings()
     assert gate.verdict(agreeing, settings, SAME_LENGTH)["promoted"]
-    longer = gate.verdict(agreeing, settings, {"candidate": 14.0, "parent": 10.0})
+    longer = gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate": 14.0})
     assert longer["decision"] == "reject" and longer["failed_guards"] == ["length_ratio"]
     assert "length ratio 1.40 outside [0.5, 1.3]" in longer["reason"]
     collapsed = [dict(r, cand_chosen=-10.0, cand_rejected=-40.0) for r in agreeing]  # both answers lose a lot
     verdict = gate.verdict(collapsed, settings, SAME_LENGTH)
     assert not verdict["promoted"] and set(verdict["failed_guards"]) == {"chosen_logp_drop", "kl"}
     assert math.isclose(verdict["guards"]["chosen_logp_drop"]["value"], 0.8)
+    rambling = gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate_cutoff_rate": 0.25, "parent_cutoff_rate": 0.05})
+    assert rambling["decision"] == "reject" and rambling["failed_guards"] == ["cutoff_increase"]
+    assert "cut-off rate up +20.0% vs the parent (at most +15%)" in rambling["reason"]
+    assert gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate_cutoff_rate": 0.15, "parent_cutoff_rate": 0.05})["promoted"]
+    unmeasured = gate.verdict(agreeing, settings, {"candidate": 10.0, "parent": 10.0})  # no cut-off rates: no promotion
+    assert not unmeasured["promoted"] and "cutoff_increase not measured" in unmeasured["reason"]

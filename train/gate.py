@@ -32,7 +32,12 @@ Promotion needs all of:
   - ``chosen_logp_drop``: how many nats per token the answers people chose lost under the
     candidate (DPO can raise the margin by lowering both answers; a large drop is degeneration);
   - ``kl``: KL(parent || candidate) per token, estimated on the parent's own held-out samples
-    (the gate pairs' answers: E_y~parent[log p_parent(y) - log p_candidate(y)]).
+    (the gate pairs' answers: E_y~parent[log p_parent(y) - log p_candidate(y)]);
+  - ``cutoff_increase``: the candidate's cut-off rate on the length guard's fresh samples minus the
+    parent's on its gate samples. A round must not learn to ramble past ``max_new_tokens`` (a
+    cut-off answer is a broken one, whatever a judge made of it). The default 0.15 is about three
+    standard deviations of that difference at 32 samples and a 5% rate, so chance rarely trips it;
+    the largest increase measured in docs/runs was +0.094 (a concise round rejected on agreement).
 
 Candidate and parent are scored with the weights the sampler runs (prefloop.engine.models:
 float32 merge, one cast to the sampling dtype), upcast to float32 for the arithmetic.
@@ -68,6 +73,7 @@ class GateSettings:
     min_length_ratio: float = 0.5
     max_chosen_logp_drop: float = 0.3
     max_kl: float = 0.15
+    max_cutoff_increase: float = 0.15
 
     @classmethod
     def from_store(cls, store: Store) -> "GateSettings":
@@ -78,6 +84,7 @@ class GateSettings:
             min_length_ratio=float(store.get_setting("gate_min_length_ratio")),
             max_chosen_logp_drop=float(store.get_setting("gate_max_chosen_logp_drop")),
             max_kl=float(store.get_setting("gate_max_kl")),
+            max_cutoff_increase=float(store.get_setting("gate_max_cutoff_increase")),
         )
 
 
@@ -156,9 +163,11 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
     level = f"{settings.confidence:.0%}"
     drop = chosen_logp_drop(scored)
     kl = kl_per_token(scored)
-    ratio = None
+    ratio = cut = None
     if lengths and lengths.get("parent"):
         ratio = lengths["candidate"] / lengths["parent"]
+    if lengths and lengths.get("candidate_cutoff_rate") is not None and lengths.get("parent_cutoff_rate") is not None:
+        cut = lengths["candidate_cutoff_rate"] - lengths["parent_cutoff_rate"]
     guards = {
         "length_ratio": {
             "value": _round(ratio), "min": settings.min_length_ratio, "max": settings.max_length_ratio,
@@ -168,6 +177,8 @@ def verdict(scored: list[dict], settings: GateSettings, lengths: dict | None = N
         "chosen_logp_drop": {"value": _round(drop), "max": settings.max_chosen_logp_drop,
                              "ok": drop is not None and drop <= settings.max_chosen_logp_drop},
         "kl": {"value": _round(kl), "max": settings.max_kl, "ok": kl is not None and kl <= settings.max_kl},
+        "cutoff_increase": {"value": _round(cut), "max": settings.max_cutoff_increase,
+                            "ok": cut is not None and cut <= settings.max_cutoff_increase},
     }
     result: dict[str, Any] = {
         "rows": n, "agree": agree, "accuracy": _round(accuracy), "lower_bound": _round(lower),
@@ -205,7 +216,8 @@ def numbers_line(verdict: dict) -> str:
     level = f"{verdict['settings'].get('confidence', 0.95):.0%}"
     return (f"rows {verdict['rows']}, agreement {f(verdict['accuracy'], '.3f')}, {level} low {f(verdict['lower_bound'], '.3f')}, "
             f"length x{f(g['length_ratio']['value'], '.2f')}, chosen log-prob drop {f(g['chosen_logp_drop']['value'], '.3f')}"
-            f"/token, KL {f(g['kl']['value'], '.3f')}/token")
+            f"/token, KL {f(g['kl']['value'], '.3f')}/token"
+            + (f", cut-off {f(g['cutoff_increase']['value'], '+.3f')}" if "cutoff_increase" in g else ""))
 
 
 def _guard_text(name: str, guard: dict) -> str:
@@ -214,6 +226,8 @@ def _guard_text(name: str, guard: dict) -> str:
         return f"{name} not measured"
     if name == "length_ratio":
         return f"length ratio {value:.2f} outside [{guard['min']}, {guard['max']}]"
+    if name == "cutoff_increase":
+        return f"cut-off rate up {value:+.1%} vs the parent (at most +{guard['max']:.0%})"
     return f"{name} {value:.3f} > {guard['max']}"
 
 
