@@ -105,8 +105,9 @@ def test_gate_waits_on_thin_evidence_and_decides_on_enough(tiny_v0):
     done = store.round(second)
     verdict = done["metrics"]["gate"]
     assert verdict["decision"] in ("promote", "reject") and verdict["rows"] == 2
-    assert set(verdict["guards"]) == {"length_ratio", "chosen_logp_drop", "kl"}
+    assert set(verdict["guards"]) == {"length_ratio", "chosen_logp_drop", "kl", "cutoff_increase"}
     assert verdict["guards"]["length_ratio"]["candidate"] > 0 and verdict["guards"]["kl"]["value"] is not None
+    assert verdict["guards"]["cutoff_increase"]["value"] is not None  # measured on the real round's samples
     assert 0 <= verdict["lower_bound"] <= verdict["accuracy"] <= 1
     expected = {"promote": ("promoted", "v2"), "reject": ("rejected", "v0")}[verdict["decision"]]
     assert (done["status"], store.active_version()["name"]) == expected
