@@ -69,11 +69,11 @@ def default_v0() -> str:
 PREFLOOP = [sys.executable, "-c", "from prefloop.cli import cli; cli(prog_name='prefloop')"]  # this Python's
 
 
-def command(job: Job, args) -> list[str]:
+def command(job: Job, args, out: Path) -> list[str]:
     cmd = [*PREFLOOP, "simulate", "--judge", job.spec, "--selection", job.selection,
            "--seed", str(job.seed), "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
            "--eval-prompts", str(args.eval_prompts), "--json",
-           "--partial-json", str(args.out_dir / "work" / job.name / "partial.json")]
+           "--partial-json", str(out / "work" / job.name / "partial.json")]
     if args.heldout_pairs is not None:
         cmd += ["--heldout-pairs", str(args.heldout_pairs)]
     if args.all_judgments:
@@ -94,7 +94,7 @@ def start(job: Job, args, v0: str, out: Path) -> subprocess.Popen:
                           env=env, stdout=log, stderr=subprocess.STDOUT)
     if init.returncode:
         raise SystemExit(f"{job.name}: prefloop init failed, see {work / 'simulate.log'}")
-    return subprocess.Popen(command(job, args), env=env, stdout=open(work / "result.json.part", "w"), stderr=log)
+    return subprocess.Popen(command(job, args, out), env=env, stdout=open(work / "result.json.part", "w"), stderr=log)
 
 
 def finish(job: Job, process: subprocess.Popen, out: Path) -> str:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench-simulations")
     args = parser.parse_args(argv)
 
-    out = args.out_dir = Path(args.out).resolve()
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     jobs = jobs_of(args.judges, args.selections, args.seeds)
     todo = [job for job in jobs if not (out / f"{job.name}.json").exists()]

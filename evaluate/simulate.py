@@ -497,10 +497,10 @@ def run_seeds(
                 seed_store.set_setting(key, value)
             one = SimulationConfig(**{**config.__dict__, "seed": seed, "seeds": 1})
             def partial(run: dict) -> None:
-                if on_round:
-                    on_round({"seeds": [*runs, run], "summary": summarise([*runs, run])})
+                on_round({"seeds": [*runs, run], "summary": summarise([*runs, run])})
 
-            runs.append(run_simulation(seed_store, one, judge=judge, log=log, progress=progress, on_round=partial))
+            runs.append(run_simulation(seed_store, one, judge=judge, log=log, progress=progress,
+                                       on_round=partial if on_round else None))
             seed_store.close()
         finally:
             if previous is None:

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
+from prefloop.db.settings import DEFAULT_SETTINGS
 from prefloop.db.store import Store
 from prefloop.engine.generation import SamplingParams, derive_seed, generate
 from prefloop.engine.heldout import answer_logps
@@ -67,13 +68,15 @@ LENGTH_PROMPTS = 32  # held-out prompts the length guard samples the candidate o
 
 @dataclass
 class GateSettings:
-    min_rows: int = 30
-    confidence: float = 0.99
-    max_length_ratio: float = 1.3
-    min_length_ratio: float = 0.5
-    max_chosen_logp_drop: float = 0.3
-    max_kl: float = 0.15
-    max_cutoff_increase: float = 0.15
+    """The gate's settings; the defaults are the ``gate_*`` settings' own, so each lives once."""
+
+    min_rows: int = DEFAULT_SETTINGS["gate_min_rows"]
+    confidence: float = DEFAULT_SETTINGS["gate_confidence"]
+    max_length_ratio: float = DEFAULT_SETTINGS["gate_max_length_ratio"]
+    min_length_ratio: float = DEFAULT_SETTINGS["gate_min_length_ratio"]
+    max_chosen_logp_drop: float = DEFAULT_SETTINGS["gate_max_chosen_logp_drop"]
+    max_kl: float = DEFAULT_SETTINGS["gate_max_kl"]
+    max_cutoff_increase: float = DEFAULT_SETTINGS["gate_max_cutoff_increase"]
 
     @classmethod
     def from_store(cls, store: Store) -> "GateSettings":
