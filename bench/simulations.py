@@ -11,12 +11,14 @@ session. So every (judge, selection, seed) run is its own job: its own home (``p
 from the same v0 weights, the starter prompts), its own process (``OMP_NUM_THREADS`` 1, so
 ``--parallel`` processes share the cores without oversubscribing them), and its own result file
 ``<out>/<judge>-<selection>-s<seed>.json`` (``prefloop simulate --json``, written when the run
-ends). A job whose result file exists is skipped, so a set interrupted by the end of a session
-goes on where it stopped when run again with the same options; the homes and logs of runs live
-under ``<out>/work`` (delete it once the set is complete). Each run also rewrites
-``<out>/work/<name>/partial.json`` after every round (``simulate --partial-json``); a run that
-fails or is cut short leaves its finished rounds in ``<out>/<name>.partial.json`` once this
-script sees it end (or take them from the work folder), marked ``"finished": false``.
+ends). A job whose result file exists is skipped, and a job cut short (the end of a session, a
+reboot) resumes after its last finished round when the set is run again with the same options
+(``simulate --resume``, from the checkpoint every round leaves in its home; ``--fresh`` starts
+such runs again from nothing instead). The homes and logs of runs, and the v0 weights they all
+point at (``<out>/work/v0-home``), live under ``<out>/work``: delete it once the set is complete.
+Each run also rewrites ``<out>/work/<name>/partial.json`` after every round (``simulate
+--partial-json``); a run that fails leaves a copy of its finished rounds in
+``<out>/<name>.partial.json``, marked ``"finished": false``.
 
 Settings are production's (`prefloop simulate` uses `prefloop train`'s defaults): pass only what
 a figure needs (``--selection``, ``--eval-prompts 0`` for a coin, whose win rate means nothing).
@@ -54,18 +56,22 @@ def jobs_of(judges: str, selections: str, seeds: str) -> list[Job]:
     return [Job(j, s, int(seed)) for seed in seeds.split(",") for j in judges.split(",") for s in selections.split(",")]
 
 
-def default_v0() -> str:
-    """The v0 weights of $PREFLOOP_HOME, else the bundled model converted once into a temporary home."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sampling import open_v0
-
+def default_v0(out: Path) -> str:
+    """The v0 weights of $PREFLOOP_HOME, else the bundled model converted once into
+    ``<out>/work/v0-home``: every run's home points at those weights, so they must outlive this
+    process for a later invocation to resume its runs."""
     from prefloop.db.store import Store
     from prefloop.engine import models
 
-    open_v0()
+    if not (os.environ.get("PREFLOOP_HOME") and Store().version("v0")):
+        os.environ["PREFLOOP_HOME"] = str(out / "work" / "v0-home")
+        if Store().version("v0") is None:
+            print(f"converting the bundled model into {os.environ['PREFLOOP_HOME']} ...", flush=True)
+            models.create_base_version(Store())
     return str(models.version_path(Store().version("v0")))
 
 
+CHECKPOINT = "simulate-checkpoint.db"  # prefloop.evaluate.checkpoint.FILE: what a run writes after each round
 PREFLOOP = [sys.executable, "-c", "from prefloop.cli import cli; cli(prog_name='prefloop')"]  # this Python's
 
 
@@ -81,20 +87,33 @@ def command(job: Job, args, out: Path) -> list[str]:
     return cmd
 
 
+def resumable(job: Job, out: Path) -> bool:
+    """An earlier try of this job finished at least one round (its home has a checkpoint)."""
+    return (out / "work" / job.name / "home" / CHECKPOINT).exists()
+
+
 def start(job: Job, args, v0: str, out: Path) -> subprocess.Popen:
-    """Prepare the job's fresh home and start its simulation; stdout goes to a temporary file."""
+    """Start the job's simulation: from its checkpoint when an earlier try left one (unless
+    --fresh), else in a fresh home; stdout goes to a temporary file."""
     work = out / "work" / job.name
-    if work.exists():
-        shutil.rmtree(work)  # an interrupted earlier try: start it again from nothing
-    (work / "home").mkdir(parents=True)
     env = {**os.environ, "PREFLOOP_HOME": str(work / "home"), "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "MALLOC_ARENA_MAX": "2"}
-    log = open(work / "simulate.log", "w")
-    init = subprocess.run([*PREFLOOP, "init", "--base-model", v0],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
-    if init.returncode:
-        raise SystemExit(f"{job.name}: prefloop init failed, see {work / 'simulate.log'}")
-    return subprocess.Popen(command(job, args, out), env=env, stdout=open(work / "result.json.part", "w"), stderr=log)
+    if resumable(job, out) and not args.fresh:
+        log = open(work / "simulate.log", "a")
+        log.write(f"\n--- {time.strftime('%H:%M:%S')} resumed from its checkpoint ---\n")
+        log.flush()
+        cmd = [*command(job, args, out), "--resume"]
+    else:
+        if work.exists():
+            shutil.rmtree(work)  # an earlier try that finished no round: start it again from nothing
+        (work / "home").mkdir(parents=True)
+        log = open(work / "simulate.log", "w")
+        init = subprocess.run([*PREFLOOP, "init", "--base-model", v0],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+        if init.returncode:
+            raise SystemExit(f"{job.name}: prefloop init failed, see {work / 'simulate.log'}")
+        cmd = command(job, args, out)
+    return subprocess.Popen(cmd, env=env, stdout=open(work / "result.json.part", "w"), stderr=log)
 
 
 def finish(job: Job, process: subprocess.Popen, out: Path) -> str:
@@ -107,8 +126,8 @@ def finish(job: Job, process: subprocess.Popen, out: Path) -> str:
     partial = work / "partial.json"
     kept = ""
     if partial.exists():
-        partial.replace(out / f"{job.name}.partial.json")
-        kept = f"; its finished rounds are in {out / (job.name + '.partial.json')}"
+        shutil.copyfile(partial, out / f"{job.name}.partial.json")  # the work folder keeps its own, to resume
+        kept = f"; its finished rounds are in {out / (job.name + '.partial.json')} (run again to resume it)"
     tail = (work / "simulate.log").read_text(errors="replace").replace("\r", "\n").splitlines()[-3:]
     return f"{job.name}: FAILED (exit {process.returncode}){kept}; log {work / 'simulate.log'}: " + " | ".join(tail)
 
@@ -126,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2, help="simulations at once (one per core or two)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per simulation")
     parser.add_argument("--v0", help="v0 weights folder (default: $PREFLOOP_HOME's v0, or the bundled model)")
+    parser.add_argument("--fresh", action="store_true", help="start interrupted runs again from nothing, not from their checkpoint")
     parser.add_argument("--out", default="bench-simulations")
     args = parser.parse_args(argv)
 
@@ -137,14 +157,15 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.parallel} at a time", flush=True)
     if not todo:
         return
-    v0 = args.v0 or default_v0()
+    v0 = args.v0 or default_v0(out)
     running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
     failed = 0
     while todo or running:
         while todo and len(running) < args.parallel:
             job = todo.pop(0)
+            how = "resumed" if resumable(job, out) and not args.fresh else "started"
             running[job.name] = (job, start(job, args, v0, out), time.time())
-            print(f"{time.strftime('%H:%M:%S')} started {job.name}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {how} {job.name}", flush=True)
         time.sleep(5)
         for name, (job, process, began) in list(running.items()):
             if process.poll() is not None:

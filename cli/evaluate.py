@@ -11,12 +11,20 @@ from pathlib import Path
 import click
 
 from prefloop.annotate.sampler import sample_battle_pairs
+from prefloop.db.connection import prefloop_home
 from prefloop.db.store import SELECTIONS, Store
 from prefloop.errors import PrefloopError
+from prefloop.evaluate import checkpoint
 from prefloop.evaluate.judges import load_judge
 from prefloop.evaluate.plots import save_plots, simulation_rows
 from prefloop.evaluate.report import build_report
-from prefloop.evaluate.simulate import SimulationConfig, partial_writer, run_seeds, run_simulation
+from prefloop.evaluate.simulate import (
+    SimulationConfig,
+    partial_writer,
+    run_options,
+    run_seeds,
+    run_simulation,
+)
 from prefloop.train.config import METHODS
 
 
@@ -125,11 +133,15 @@ def eval_command(json_out, png_dir, bootstrap, seed, accuracy):
 @click.option("--partial-json", "partial_path", type=click.Path(dir_okay=False),
               help="after every round, write the --json object of the rounds finished so far to this file "
                    "(\"finished\": false until the end): a run cut short keeps them")
+@click.option("--resume", is_flag=True,
+              help="go on from the last round this home's run finished (its simulate-checkpoint.db, written "
+                   "after every round): the half-done round is discarded; the options must be the run's, "
+                   "--rounds may be raised to add rounds")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False), help="write plots of the run into this folder")
 def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promote, seeds, method, selection,
                      candidates, all_judgments, noise, seed,
                      eval_prompts, learning_rate, epochs, beta, precision, temperature, max_new_tokens, as_json, partial_path,
-                     png_dir):
+                     resume, png_dir):
     """Run the loop unattended with a simulated judge, as production runs it: sample, vote, train,
     gate (promote only on held-out evidence), battle v0. Settings are `prefloop train`'s defaults.
 
@@ -144,6 +156,13 @@ def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promot
         precision=precision, temperature=temperature, max_new_tokens=max_new_tokens,
     ).validate()
     judge_fn = load_judge(judge)  # fail fast, before any model loads
+    so_far = None
+    if resume:
+        if seeds > 1:
+            raise click.ClickException("--resume goes on with one run (one seed's home); resume each "
+                                       "sim-seed-<n> home on its own")
+        so_far = checkpoint.restore(prefloop_home() / "prefloop.db", run_options(config))
+        _log(f"resuming after round {len(so_far['rounds'])} of {config.rounds} (the checkpoint's state restored)")
     started = time.perf_counter()
     # Training libraries print their logs to stdout; stdout carries only our answer.
     on_round = partial_writer(Path(partial_path)) if partial_path else None
@@ -151,7 +170,7 @@ def simulate_command(judge, rounds, pairs_per_round, heldout_pairs, force_promot
         if seeds > 1:
             result = run_seeds(Store(), config, judge=judge_fn, log=_log, on_round=on_round)
         else:
-            result = run_simulation(Store(), config, judge=judge_fn, log=_log, on_round=on_round)
+            result = run_simulation(Store(), config, judge=judge_fn, log=_log, on_round=on_round, resume=so_far)
     if on_round:
         on_round(result)  # "finished": true
     runs = result["seeds"] if seeds > 1 else [result]

@@ -29,7 +29,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +39,7 @@ from prefloop.db.store import SELECTIONS, Store
 from prefloop.engine import models
 from prefloop.engine.generation import SamplingParams
 from prefloop.errors import PrefloopError
-from prefloop.evaluate import arena, autostats
+from prefloop.evaluate import arena, autostats, checkpoint
 from prefloop.evaluate.judges import (
     Judge,
     checked_choice,
@@ -246,18 +246,19 @@ def run_simulation(
     log: Callable[[str], None] | None = None,
     progress: bool = True,
     on_round: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> dict:
     """Run ``config.rounds`` rounds; returns {"rounds": [...], ...} (the ``--json`` object).
 
     ``on_round`` gets that object after every finished round (``"finished": false`` until the
     last): a bundled-model round takes about 20 minutes on a small machine, so a run cut short
-    (a session's end, a killed process) still leaves the rounds it finished."""
+    (a session's end, a killed process) still leaves the rounds it finished. After every round
+    the home's state is also saved (evaluate/checkpoint.py); ``resume``, the result so far that
+    ``checkpoint.restore`` returned, goes on from the round after its last."""
 
     config.validate()
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     judge = judge or load_judge(config.judge)
-    rng = random.Random(config.seed)
-    voter = noisy(judge, config.noise, random.Random(config.seed + 7919)) if config.noise else judge
     active = store.active_version()
     if active is None:
         raise PrefloopError("no active model version: run `prefloop init` first")
@@ -266,7 +267,7 @@ def run_simulation(
         raise PrefloopError("no train prompts: import some with `prefloop prompts import`")
     if config.eval_prompts and store.count_prompts("heldout") == 0:
         raise PrefloopError("no held-out prompts to battle on: import some or pass --eval-prompts 0")
-    annotator_id = simulated_annotator(store, voter)
+    annotator_id = simulated_annotator(store, noisy(judge, config.noise) if config.noise else judge)  # its name
     params = sampling_params(config, store)
     if params.to_dict() != sampling_params(SimulationConfig(), store).to_dict():
         store.set_setting("sampling", params.to_dict())  # the gate's length samples must use them too
@@ -277,11 +278,18 @@ def run_simulation(
             raise PrefloopError("no held-out prompts for the gate: import some or pass --heldout-pairs 0")
         gate_pairs = 0
         log("no held-out prompts: no gate pairs, so the gate can only wait (see --force-promote)")
-    started_all = time.perf_counter()
-    results = []
+    results = list(resume["rounds"]) if resume else []
+    if resume and resume.get("active") != active["name"]:
+        raise PrefloopError(f"the checkpoint's active version is {resume.get('active')}, this home's is "
+                            f"{active['name']}: it is not this home's checkpoint")
+    started_all = time.perf_counter() - (resume["seconds"] if resume else 0.0)
     stopped = None
-    for index in range(config.rounds):
+    for index in range(len(results), config.rounds):
         started = time.perf_counter()
+        # Each round's randomness derives from (seed, round), never from what earlier rounds drew,
+        # so a resumed run's rounds are the ones an uninterrupted run would have run.
+        rng = random.Random(f"{config.seed}:{index}")  # which answer is shown on the left
+        voter = noisy(judge, config.noise, random.Random(f"{config.seed}:{index}:noise")) if config.noise else judge
         parent = store.active_version()["name"]
         log(f"round {index + 1}/{config.rounds}: sampling {config.pairs_per_round} pairs from {parent}")
         pair_ids = sample_pairs(
@@ -379,8 +387,10 @@ def run_simulation(
         models.release_memory()
         result["seconds"] = round(time.perf_counter() - started, 1)
         results.append(result)
+        so_far = _run_summary(store, config, params, gate_pairs, base, results, None, started_all, finished=False)
+        checkpoint.save(store, so_far)
         if on_round:
-            on_round(_run_summary(store, config, params, gate_pairs, base, results, None, started_all, finished=False))
+            on_round(so_far)
     return _run_summary(store, config, params, gate_pairs, base, results, stopped, started_all, finished=True)
 
 
@@ -388,6 +398,7 @@ def _run_summary(store: Store, config: SimulationConfig, params: SamplingParams,
                  results: list[dict], stopped: str | None, started_all: float, *, finished: bool) -> dict:
     """The ``--json`` object of a run, with the rounds finished so far."""
     return {
+        "config": run_options(config),
         "judge": config.judge,
         "method": config.method,
         "selection": config.selection or store.get_setting("selection"),
@@ -407,6 +418,12 @@ def _run_summary(store: Store, config: SimulationConfig, params: SamplingParams,
         "seconds": round(time.perf_counter() - started_all, 1),
         "finished": finished,
     }
+
+
+def run_options(config: SimulationConfig) -> dict:
+    """The options that make a run what it is (all but how many rounds and seeds): a resumed run
+    must use the same ones, or its rounds would belong to two experiments."""
+    return {k: v for k, v in asdict(config).items() if k not in ("rounds", "seeds")}
 
 
 def partial_writer(path: Path) -> Callable[[dict], None]:

@@ -112,6 +112,31 @@ def test_simulate_cli_json_shape(tiny_v0, tmp_path):
     assert 0 <= payload["v0"]["cutoff_rate"] <= 1 and payload["active"] == "v0"
 
 
+def test_simulate_cli_resume_adds_rounds_and_refuses_other_options(tiny_v0, tmp_path):
+    """`simulate --resume` goes on from the checkpoint the last finished round left (here adding a
+    round to a finished run); other options, or a home with no checkpoint, are one clear line."""
+    from prefloop.db.store import Store
+
+    tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(4)]
+                        + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(2)])
+    run = ["simulate", "--judge", "tests.sim_judges:decisive", "--pairs-per-round", "4", "--eval-prompts", "2",
+           "--heldout-pairs", "2", "--max-new-tokens", "6", "--epochs", "1", "--force-promote", "--json"]
+    nothing = CliRunner().invoke(cli, [*run, "--rounds", "1", "--resume"])
+    assert nothing.exit_code == 1 and "no simulation checkpoint" in nothing.stderr and "Traceback" not in nothing.output
+    first = CliRunner().invoke(cli, [*run, "--rounds", "1"])
+    assert first.exit_code == 0, first.output
+    other = CliRunner().invoke(cli, [*run, "--rounds", "2", "--seed", "5", "--resume"])
+    assert other.exit_code == 1 and "seed: 0 there, 5 now" in other.stderr and "Traceback" not in other.output
+    more = CliRunner().invoke(cli, [*run, "--rounds", "2", "--resume"])
+    assert more.exit_code == 0, more.output
+    payload = json.loads(more.stdout)
+    assert [r["version"] for r in payload["rounds"]] == ["v1", "v2"] and payload["finished"] is True
+    assert payload["rounds"][0] == json.loads(first.stdout)["rounds"][0]  # round 1 is the first run's, kept
+    store = Store()
+    assert store.active_version()["name"] == "v2" and len(store.list_rounds()) == 2
+    store.close()
+
+
 def test_simulate_cli_seeds_report_mean_and_spread(tiny_v0):
     tiny_v0.add_prompts([{"text": f"Say something about {i}.", "split": "train"} for i in range(4)]
                         + [{"text": f"Explain idea {i}.", "split": "heldout"} for i in range(2)])

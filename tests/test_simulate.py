@@ -289,3 +289,77 @@ def test_a_run_cut_short_keeps_its_finished_rounds(tiny_v0, tmp_path):
     assert kept["finished"] is False and [r["round"] for r in kept["rounds"]] == [1]
     assert kept["rounds"][0]["version"] == "v1" and kept["seed"] == 1
     assert not path.with_name(path.name + ".tmp").exists()
+
+
+def _adapter(store, name: str) -> dict:
+    from safetensors.torch import load_file
+
+    from prefloop.engine import models
+
+    return load_file(str(models.version_path(store.version(name)) / "adapter_model.safetensors"))
+
+
+def test_a_resumed_run_goes_on_as_if_it_was_never_cut(tiny_v0, tiny_model_dir, tmp_path, monkeypatch):
+    """A run killed after round 2 trained (its battles fail) resumes from round 1's checkpoint: the
+    half round's pairs, votes, round and version folder are discarded, and the resumed round 2 is
+    the round an uninterrupted run of the same seed runs, down to the trained weights. Resuming
+    with other options is refused and changes nothing."""
+    import torch
+
+    from prefloop.db.store import Store
+    from prefloop.engine import models
+    from prefloop.evaluate import checkpoint
+    from prefloop.evaluate.simulate import SimulationConfig, partial_writer, run_options, run_simulation
+
+    config = SimulationConfig(rounds=2, pairs_per_round=6, heldout_pairs=2, eval_prompts=2, max_new_tokens=6,
+                              epochs=1.0, learning_rate=1e-3, precision="fp32", seed=1, bootstrap=50,
+                              force_promote=True)
+    quiet = {"progress": False, "log": lambda m: None}
+    _prompts(tiny_v0, train=6, heldout=2)
+    whole = run_simulation(tiny_v0, config, judge=decisive, **quiet)
+
+    monkeypatch.setenv("PREFLOOP_HOME", str(tmp_path / "cut"))
+    models.clear_cache()
+    store = Store()
+    models.create_base_version(store, base_model=str(tiny_model_dir))
+    _prompts(store, train=6, heldout=2)
+    calls = {"n": 0}
+
+    def judge_that_breaks(prompt, a, b):
+        calls["n"] += 1
+        if calls["n"] > 10 + 8:  # round 1: 6 + 2 gate + 2 battles; round 2 trains, then its battles fail
+            raise RuntimeError("killed")
+        return decisive(prompt, a, b)
+
+    partial = tmp_path / "partial.json"
+    with pytest.raises(RuntimeError, match="killed"):
+        run_simulation(store, config, judge=judge_that_breaks, on_round=partial_writer(partial), **quiet)
+    assert store.version("v2") is not None and len(store.list_rounds()) == 2  # round 2 had trained
+    half_round = len(store.judgments())
+    database = store.path
+    store.close()
+
+    with pytest.raises(PrefloopError, match="seed"):
+        checkpoint.restore(database, {**run_options(config), "seed": 2})
+    store = Store()
+    assert store.version("v2") is not None  # the refused resume changed nothing
+    store.close()
+
+    so_far = checkpoint.restore(database, run_options(config))
+    assert [r["round"] for r in so_far["rounds"]] == [1]
+    store = Store()
+    assert store.version("v2") is None and len(store.list_rounds()) == 1
+    assert not (models.models_dir() / "v2").exists() and not (tmp_path / "cut" / "rounds" / "2").exists()
+    assert len(store.judgments()) < half_round
+    resumed = run_simulation(store, config, judge=decisive, resume=so_far, on_round=partial_writer(partial), **quiet)
+
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2] and resumed["finished"] is True
+    assert json.loads(partial.read_text())["rounds"][1]["version"] == "v2"
+    for mine, theirs in zip(resumed["rounds"], whole["rounds"]):
+        for key in ("version", "parent", "votes", "heldout_votes", "dataset_size", "wins", "losses", "ties"):
+            assert mine[key] == theirs[key], key
+    texts = "select version_id, text from generations order by version_id, text"
+    assert store.rows(texts) == tiny_v0.rows(texts)
+    mine, theirs = _adapter(store, "v2"), _adapter(tiny_v0, "v2")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert any(v.abs().sum() > 0 for k, v in mine.items() if "lora_B" in k)  # round 2 learned something
