@@ -66,12 +66,16 @@ def reward_margins(
 def answer_logps(model, tokenizer, rows: list[dict], *, batch_size: int = 8, max_length: int = MAX_LENGTH):
     """(summed log-prob, tokens) of each row's chosen and of its rejected answer; a cut-off answer
     (``chosen_cut_off`` / ``rejected_cut_off``) without its end-of-turn token."""
-    out = []
-    for side in ("chosen", "rejected"):
-        examples = [(r["prompt"], r[side]) for r in rows]
-        finished = [not r.get(f"{side}_cut_off") for r in rows]
-        out.append(sequence_logps(model, tokenizer, examples, batch_size, max_length, finished=finished, with_counts=True))
-    return out[0], out[1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    chosen, rejected = (encoded_logps(model, encode_answers(tokenizer, rows, side, max_length), pad, batch_size)
+                        for side in ("chosen", "rejected"))
+    return chosen, rejected
+
+
+def encode_answers(tokenizer, rows: list[dict], side: str, max_length: int = MAX_LENGTH) -> list[tuple[list[int], int]]:
+    """Each row's prompt and its ``side`` answer ("chosen" / "rejected") as (token ids, completion
+    start); a cut-off answer (``<side>_cut_off``) without its end-of-turn token."""
+    return [_encode(tokenizer, r["prompt"], r[side], max_length, not r.get(f"{side}_cut_off")) for r in rows]
 
 
 def sequence_logps(
@@ -113,7 +117,15 @@ def encoded_logps(model, encoded: list[tuple[list[int], int]], pad: int, batch_s
 
 def batch_logps(model, batch: list[tuple[list[int], int]], pad: int, device=None):
     """(summed completion log-probs, completion token counts) of encoded rows, as tensors (the
-    caller decides about gradients).
+    caller decides about gradients)."""
+    log_probs, targets, mask = completion_log_probs(model, batch, pad, device)
+    token_logps = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def completion_log_probs(model, batch: list[tuple[list[int], int]], pad: int, device=None):
+    """(log-distributions over the vocabulary at every kept position, the tokens they predict, the
+    mask of completion positions) of encoded rows; float32.
 
     Rows are padded on the left, so every completion ends at the last position: the LM head (and
     its soft-max over the whole vocabulary, most of the cost of a small model) runs only over
@@ -138,10 +150,54 @@ def batch_logps(model, batch: list[tuple[list[int], int]], pad: int, device=None
         input_ids, attention, scored, positions = (t.to(device) for t in (input_ids, attention, scored, positions))
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
     logits = logits[:, :-1].float()  # position t predicts token t + 1
-    targets = input_ids[:, width - keep + 1 :]
-    mask = scored[:, width - keep + 1 :]
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    return torch.log_softmax(logits, dim=-1), input_ids[:, width - keep + 1 :], scored[:, width - keep + 1 :]
+
+
+def paired_scores(candidate, parent, encoded: list[tuple[list[int], int]], pad: int, batch_size: int = 8) -> list[dict]:
+    """Per encoded row, under a candidate and its parent at once: summed log-probs of the
+    completion under each (``candidate``, ``parent``), its token count (``tokens``), and the exact
+    KL(parent || candidate) summed over its positions (``kl``).
+
+    The KL is taken over the whole vocabulary at each position the completion visits,
+    sum_v p_parent(v) (log p_parent(v) - log p_candidate(v)), not estimated from the sampled tokens
+    alone: the answers were drawn with temperature and top-p, not from p_parent itself, so the
+    sampled estimate E[log p_parent(y) - log p_candidate(y)] is biased (it can go negative) and is
+    the same number as the chosen answers' log-prob drop. Per position it is never negative.
+
+    ``parent`` may be a context manager factory instead of a model (a PEFT model's
+    ``disable_adapter``): then ``candidate`` is run once with and once without its adapter.
+    """
+    import contextlib
+
+    import torch
+
+    scope = parent if callable(parent) and not hasattr(parent, "parameters") else contextlib.nullcontext
+    parent_model = candidate if scope is parent else parent
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    device = next(candidate.parameters()).device
+    out: list[dict] = [{}] * len(encoded)
+    modes = [(m, m.training) for m in {id(candidate): candidate, id(parent_model): parent_model}.values()]
+    for m, _ in modes:
+        m.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                indices = order[start : start + batch_size]
+                batch = [encoded[i] for i in indices]
+                cand, targets, mask = completion_log_probs(candidate, batch, pad, device)
+                with scope():
+                    par, _, _ = completion_log_probs(parent_model, batch, pad, device)
+                kl = ((par.exp() * (par - cand)).sum(-1) * mask).sum(-1)
+                pick = targets.unsqueeze(-1)
+                cand_sum = (cand.gather(-1, pick).squeeze(-1) * mask).sum(-1)
+                par_sum = (par.gather(-1, pick).squeeze(-1) * mask).sum(-1)
+                del cand, par
+                for i, c, p, n, k in zip(indices, cand_sum.tolist(), par_sum.tolist(), mask.sum(-1).tolist(), kl.tolist()):
+                    out[i] = {"candidate": c, "parent": p, "tokens": int(n), "kl": max(k, 0.0)}
+    finally:
+        for m, training in modes:
+            m.train(training)
+    return out
 
 
 def _encode(

@@ -22,7 +22,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from prefloop.db.files import create_private_file
 from prefloop.db.store import Store
 from prefloop.engine import models
 from prefloop.errors import PrefloopError
@@ -52,8 +51,7 @@ def save(store: Store, run: dict) -> Path:
             conn.execute(f"insert into {_TABLE} (run) values (?)", (json.dumps(run),))
     finally:
         conn.close()
-    create_private_file(target)  # 0600 before the copy lands: it holds password hashes
-    os.replace(part, target)
+    os.replace(part, target)  # the copy is 0600 from its first byte (backup_to): it holds password hashes
     return target
 
 

@@ -20,6 +20,7 @@ from prefloop.train import gate
 WORDS = ("apple river stone cloud music paper garden window silver doctor engine forest honey island "
          "jacket kettle lemon market number orange pencil quiet rabbit summer").split()
 LOOSE = gate.GateSettings(min_rows=30, max_length_ratio=10.0, min_length_ratio=0.0, max_chosen_logp_drop=1e9, max_kl=1e9)
+NO_KL = {"kl_chosen": 0.0, "kl_rejected": 0.0}  # synthetic rows whose candidate's distribution did not move
 SAME_LENGTH = {"candidate": 10.0, "parent": 10.0, "candidate_cutoff_rate": 0.0, "parent_cutoff_rate": 0.0}  # the length guard is tested on its own below
 
 
@@ -138,7 +139,7 @@ def test_a_coin_flip_passes_at_most_the_levels_share():
 
 def test_thin_evidence_waits():
     scored = [{"cand_chosen": -1.0, "par_chosen": -2.0, "n_chosen": 4, "cand_rejected": -3.0, "par_rejected": -2.0,
-               "n_rejected": 4}] * 29
+               "n_rejected": 4, **NO_KL}] * 29
     verdict = gate.verdict(scored, gate.GateSettings(), SAME_LENGTH)
     assert verdict["decision"] == "wait" and not verdict["promoted"] and verdict["accuracy"] == 1.0
     assert "29 held-out judgments" in verdict["reason"] and "30 needed" in verdict["reason"]
@@ -152,7 +153,7 @@ def test_per_token_margin_is_not_fooled_by_a_uniform_drift():
     rows = []
     for short, long in [(5, 20), (8, 30), (3, 12)] * 12:
         rows.append({"cand_chosen": -2.1 * short, "par_chosen": -2.0 * short, "n_chosen": short,
-                     "cand_rejected": -2.1 * long, "par_rejected": -2.0 * long, "n_rejected": long})
+                     "cand_rejected": -2.1 * long, "par_rejected": -2.0 * long, "n_rejected": long, **NO_KL})
     summed = sum((r["cand_chosen"] - r["par_chosen"]) - (r["cand_rejected"] - r["par_rejected"]) > 0 for r in rows)
     assert summed == len(rows)  # the old margin: 100% "agreement"
     verdict = gate.verdict(rows, gate.GateSettings(), SAME_LENGTH)
@@ -187,7 +188,7 @@ def test_the_gate_level_rejects_the_coin_round_and_keeps_the_concise_one():
 
     def rows(agree, n):
         yes = {"cand_chosen": -1.0, "par_chosen": -2.0, "n_chosen": 10, "cand_rejected": -2.1, "par_rejected": -2.0,
-               "n_rejected": 10}
+               "n_rejected": 10, **NO_KL}
         no = {**yes, "cand_chosen": -2.1, "cand_rejected": -1.0}
         return [yes] * agree + [no] * (n - agree)
 
@@ -221,7 +222,7 @@ def test_random_direction_adapters_of_matched_norm_are_rejected(tiny_model_dir):
 
 def test_drift_guards_stop_a_candidate_that_agrees():
     agreeing = [{"cand_chosen": -1.0, "par_chosen": -2.0, "n_chosen": 10, "cand_rejected": -4.0, "par_rejected": -2.0,
-                 "n_rejected": 10}] * 40
+                 "n_rejected": 10, **NO_KL}] * 40
     settings = gate.GateSettings()
     assert gate.verdict(agreeing, settings, SAME_LENGTH)["promoted"]
     longer = gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate": 14.0})
@@ -229,11 +230,42 @@ def test_drift_guards_stop_a_candidate_that_agrees():
     assert "length ratio 1.40 outside [0.5, 1.3]" in longer["reason"]
     collapsed = [dict(r, cand_chosen=-10.0, cand_rejected=-40.0) for r in agreeing]  # both answers lose a lot
     verdict = gate.verdict(collapsed, settings, SAME_LENGTH)
-    assert not verdict["promoted"] and set(verdict["failed_guards"]) == {"chosen_logp_drop", "kl"}
+    assert not verdict["promoted"] and verdict["failed_guards"] == ["chosen_logp_drop"]
     assert math.isclose(verdict["guards"]["chosen_logp_drop"]["value"], 0.8)
+    drifted = [dict(r, kl_chosen=2.0, kl_rejected=2.0) for r in agreeing]  # 0.2 nats a token from the parent
+    verdict = gate.verdict(drifted, settings, SAME_LENGTH)
+    assert not verdict["promoted"] and verdict["failed_guards"] == ["kl"]
+    assert math.isclose(verdict["guards"]["kl"]["value"], 0.2)
     rambling = gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate_cutoff_rate": 0.25, "parent_cutoff_rate": 0.05})
     assert rambling["decision"] == "reject" and rambling["failed_guards"] == ["cutoff_increase"]
     assert "cut-off rate up +20.0% vs the parent (at most +15%)" in rambling["reason"]
     assert gate.verdict(agreeing, settings, {**SAME_LENGTH, "candidate_cutoff_rate": 0.15, "parent_cutoff_rate": 0.05})["promoted"]
     unmeasured = gate.verdict(agreeing, settings, {"candidate": 10.0, "parent": 10.0})  # no cut-off rates: no promotion
     assert not unmeasured["promoted"] and "cutoff_increase not measured" in unmeasured["reason"]
+
+
+def test_the_kl_guard_is_exact_over_the_vocabulary(tiny_model_dir):
+    """score_rows' KL(parent || candidate) equals a reference computed independently (full
+    sequences, no left padding, no kept-positions trick, torch's kl_div), is zero for an adapter
+    that changes nothing, and is not the sampled estimate: per position it can never be negative."""
+    train, heldout = sorted_rows(12, random.Random(1)), sorted_rows(6, random.Random(2))
+    model, tokenizer = train_adapter(tiny_model_dir, train, seed=0)
+    scored = gate.score_rows(model, model.disable_adapter, tokenizer, heldout, batch_size=4)
+    batch = _batch(tokenizer, heldout, "chosen")
+    with torch.no_grad():
+        for row, (ids, start) in zip(scored, batch):
+            x = torch.tensor([ids])
+            candidate = torch.log_softmax(model(input_ids=x).logits[0, start - 1 : -1].float(), -1)
+            with model.disable_adapter():
+                parent = torch.log_softmax(model(input_ids=x).logits[0, start - 1 : -1].float(), -1)
+            reference = torch.nn.functional.kl_div(candidate, parent, log_target=True, reduction="sum").item()
+            assert row["n_chosen"] == len(ids) - start
+            assert reference > 0 and math.isclose(row["kl_chosen"], reference, rel_tol=1e-3, abs_tol=1e-5)
+    kl = gate.kl_per_token(scored)
+    assert kl > 0 and not math.isclose(kl, gate.chosen_logp_drop(scored), rel_tol=1e-2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.zero_()  # the adapter now adds nothing
+    unchanged = gate.score_rows(model, model.disable_adapter, tokenizer, heldout)
+    assert all(abs(r["kl_chosen"]) < 1e-6 and abs(r["kl_rejected"]) < 1e-6 for r in unchanged)

@@ -338,6 +338,7 @@ def test_a_resumed_run_goes_on_as_if_it_was_never_cut(tiny_v0, tiny_model_dir, t
     half_round = len(store.judgments())
     database = store.path
     store.close()
+    assert checkpoint.checkpoint_path(database).stat().st_mode & 0o777 == 0o600  # it holds password hashes
 
     with pytest.raises(PrefloopError, match="seed"):
         checkpoint.restore(database, {**run_options(config), "seed": 2})

@@ -31,8 +31,11 @@ Promotion needs all of:
     (a judge's length bias, people's included, is the cheapest thing for a round to learn);
   - ``chosen_logp_drop``: how many nats per token the answers people chose lost under the
     candidate (DPO can raise the margin by lowering both answers; a large drop is degeneration);
-  - ``kl``: KL(parent || candidate) per token, estimated on the parent's own held-out samples
-    (the gate pairs' answers: E_y~parent[log p_parent(y) - log p_candidate(y)]);
+  - ``kl``: KL(parent || candidate) per token on the parent's own held-out samples (the gate
+    pairs' answers), exact over the vocabulary at every position they visit. Not the sampled
+    estimate E_y[log p_parent(y) - log p_candidate(y)]: the answers were drawn with temperature and
+    top-p, so that estimate is biased, went negative in docs/runs, and equalled the chosen log-prob
+    drop to two digits in every round, a second copy of that guard rather than a measure of drift;
   - ``cutoff_increase``: the candidate's cut-off rate on the length guard's fresh samples minus the
     parent's on its gate samples. A round must not learn to ramble past ``max_new_tokens`` (a
     cut-off answer is a broken one, whatever a judge made of it). The default 0.15 is about three
@@ -53,7 +56,7 @@ from typing import Any
 from prefloop.db.settings import DEFAULT_SETTINGS
 from prefloop.db.store import Store
 from prefloop.engine.generation import SamplingParams, derive_seed, generate
-from prefloop.engine.heldout import answer_logps
+from prefloop.engine.heldout import encode_answers, paired_scores
 
 Z_95_ONE_SIDED = 1.6448536269514722
 
@@ -106,21 +109,21 @@ def wilson_lower_bound(successes: int, n: int, z: float = Z_95_ONE_SIDED) -> flo
 # scoring (the numbers a verdict is made of)
 # --------------------------------------------------------------------------------------------
 def score_rows(candidate, parent, tokenizer, rows: list[dict], *, max_length: int = 512, batch_size: int = 8) -> list[dict]:
-    """Per row: summed log-probs and token counts of chosen and rejected under both models.
+    """Per row: summed log-probs and token counts of chosen and rejected under both models, and the
+    exact KL(parent || candidate) summed over each answer's positions (engine/heldout.paired_scores).
 
     ``parent`` may be a context manager factory instead of a model (a PEFT model's
     ``disable_adapter``): then ``candidate`` is scored once with and once without its adapter.
     """
-
-    cand_chosen, cand_rejected = answer_logps(candidate, tokenizer, rows, batch_size=batch_size, max_length=max_length)
-    if callable(parent) and not hasattr(parent, "parameters"):
-        with parent():
-            par_chosen, par_rejected = answer_logps(candidate, tokenizer, rows, batch_size=batch_size, max_length=max_length)
-    else:
-        par_chosen, par_rejected = answer_logps(parent, tokenizer, rows, batch_size=batch_size, max_length=max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    chosen, rejected = (
+        paired_scores(candidate, parent, encode_answers(tokenizer, rows, side, max_length), pad, batch_size)
+        for side in ("chosen", "rejected")
+    )
     return [
-        {"cand_chosen": cc, "par_chosen": pc, "n_chosen": nc, "cand_rejected": cr, "par_rejected": pr, "n_rejected": nr}
-        for (cc, nc), (pc, _), (cr, nr), (pr, _) in zip(cand_chosen, par_chosen, cand_rejected, par_rejected)
+        {"cand_chosen": c["candidate"], "par_chosen": c["parent"], "n_chosen": c["tokens"], "kl_chosen": c["kl"],
+         "cand_rejected": r["candidate"], "par_rejected": r["parent"], "n_rejected": r["tokens"], "kl_rejected": r["kl"]}
+        for c, r in zip(chosen, rejected)
     ]
 
 
@@ -142,11 +145,12 @@ def chosen_logp_drop(scored: list[dict]) -> float | None:
 
 
 def kl_per_token(scored: list[dict]) -> float | None:
-    """KL(parent || candidate) per token, on the parent's own samples (both answers of each row)."""
+    """KL(parent || candidate) per token over the parent's own samples (both answers of each row),
+    exact over the vocabulary at each position they visit."""
     tokens = sum(s["n_chosen"] + s["n_rejected"] for s in scored)
     if not tokens:
         return None
-    return sum(s["par_chosen"] - s["cand_chosen"] + s["par_rejected"] - s["cand_rejected"] for s in scored) / tokens
+    return sum(s["kl_chosen"] + s["kl_rejected"] for s in scored) / tokens
 
 
 # --------------------------------------------------------------------------------------------
